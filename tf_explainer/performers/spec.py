@@ -175,8 +175,11 @@ class Performer:
         return [int(find_layer(self.model, n).output.shape[-1]) for n in self.reconstruct_layers]
 
     def taps(self) -> keras.Model:
-        """image -> {"target", "recon_0".., "scores", and "top" when top_conv_output_layer is set}."""
+        """image -> {"target", "recon_0".., "scores"}, plus "top" (top conv's post-ReLU map) and
+        "pool" (the pooling layer's output) when those layers are named."""
         names = {"target": self.target_layer}
+        if self.pool_layer:
+            names["pool"] = self.pool_layer
         names.update({f"recon_{i}": n for i, n in enumerate(self.reconstruct_layers)})
         if self.top_conv_output_layer:
             names["top"] = self.top_conv_output_layer

@@ -1,0 +1,290 @@
+"""The explainer network and its training step (SPEC 2.1, 2.3).
+
+The explainer reads the performer's target-layer map x0 and reconstructs the performer's upper
+layers through an interpretable track (part filters) and an ordinary track, fused with weight p.
+Batches are dicts of performer features {"target", "recon_0", ..., "scores", "label"} (from a
+feature cache), or {"image", "label"} when a performer is attached with `attach_performer`.
+"""
+
+import keras
+import tensorflow as tf
+
+from tf_explainer.distribute import global_batch_size, global_sum, num_replicas
+from tf_explainer.filter_loss import get_filter_loss
+from tf_explainer.layers import ChannelNorm, PartMask, TrackFusion
+
+POOL_POSITIONS = ("A", "B")
+CATEGORY_SOURCES = ("prediction", "label")
+_LOG_TERMS = ("loss", "reconstruction", "log_p", "filter_interp_1", "filter_interp_2", "p",
+              "performer_accuracy", "reconstructed_accuracy")
+
+
+class _Untracked:
+    """Holds an object without Keras tracking it (the performer is not part of the explainer)."""
+
+    def __init__(self, value):
+        self.value = value
+
+
+@keras.saving.register_keras_serializable(package="tf_explainer")
+class Explainer(keras.Model):
+    """Interpretable track + ordinary track + fusion + decoder over a frozen performer's head.
+
+    Args:
+      target_shape: (n, n, M) of the performer's target layer.
+      reconstruct_dims: widths of the reconstructed layers (e.g. fc6, fc7).
+      head: frozen keras.Model mapping the last reconstruction to class scores.
+      interp_filters: channels of conv-interp-1 (the performer's top conv).
+      part_filters: channels of conv-interp-2 and conv-ordin (the performer's pool5).
+      kernel_size: kernel of conv-interp-1 (copied from the top conv).
+      pool: serialised Keras pooling layer copied from the performer, or None.
+      pool_position: "A" mask then pool (default), "B" pool then mask on the pooled grid.
+      template_form, centre: PartMask options ("paper"/"official", "argmax"/"centroid").
+      filter_loss: registered name or callable (see filter_loss.py).
+      filter_loss_weight: lambda. eta: weight of -log p.
+      category_source: "prediction" (the performer's, default) or "label".
+      negative_class: class index that no filter is assigned to (e.g. "background"), or None.
+      decoder_activations: per decoder layer, "relu" or None.
+      norm_positives_only: estimate the interpretable track's norm on positive images only.
+    """
+
+    def __init__(self, target_shape, reconstruct_dims, head, interp_filters, part_filters,
+                 kernel_size=3, pool=None, pool_position="A", template_form="paper",
+                 centre="argmax", filter_loss="approximate", filter_loss_weight=1.0, eta=1.0,
+                 category_source="prediction", negative_class=None, decoder_activations=None,
+                 norm_momentum=0.9, norm_positives_only=True, assignment_momentum=0.9,
+                 **kwargs):
+        super().__init__(**kwargs)
+        if pool_position not in POOL_POSITIONS:
+            raise ValueError(f"pool_position must be one of {POOL_POSITIONS}, got {pool_position!r}.")
+        if category_source not in CATEGORY_SOURCES:
+            raise ValueError(f"category_source must be one of {CATEGORY_SOURCES}.")
+        if isinstance(head, dict):
+            head = keras.saving.deserialize_keras_object(head)
+        self.target_shape = tuple(int(d) for d in target_shape)
+        self.reconstruct_dims = [int(d) for d in reconstruct_dims]
+        self.head = head
+        self.head.trainable = False
+        self.num_classes = int(head.outputs[0].shape[-1])
+        self.interp_filters = int(interp_filters)
+        self.part_filters = int(part_filters)
+        self.kernel_size = int(kernel_size)
+        self.pool = pool
+        self.pool_position = pool_position
+        self.template_form = template_form
+        self.centre = centre
+        self.filter_loss = filter_loss
+        self._filter_loss_fn = get_filter_loss(filter_loss)
+        self.filter_loss_weight = float(filter_loss_weight)
+        self.eta = float(eta)
+        self.category_source = category_source
+        self.negative_class = None if negative_class is None else int(negative_class)
+        self.decoder_activations = list(decoder_activations or ["relu"] * len(reconstruct_dims))
+        self.norm_momentum = float(norm_momentum)
+        self.norm_positives_only = bool(norm_positives_only)
+        self.assignment_momentum = float(assignment_momentum)
+        self._performer = _Untracked(None)
+
+        conv = dict(padding="same", activation="relu")
+        self.conv_interp_1 = keras.layers.Conv2D(interp_filters, kernel_size, name="conv_interp_1", **conv)
+        self.mask_1 = PartMask(template_form, centre, name="mask_1")
+        self.conv_interp_2 = keras.layers.Conv2D(part_filters, 3, name="conv_interp_2", **conv)
+        self.mask_2 = PartMask(template_form, centre, name="mask_2")
+        self.conv_ordin = keras.layers.Conv2D(part_filters, 3, name="conv_ordin", **conv)
+        self.pool_interp = self._pool_copy("pool_interp")
+        self.pool_ordin = self._pool_copy("pool_ordin")
+        self.norm_interp = ChannelNorm(norm_momentum, positives_only=norm_positives_only,
+                                       name="norm_interp")
+        self.norm_ordin = ChannelNorm(norm_momentum, positives_only=norm_positives_only,
+                                      name="norm_ordin")
+        self.fusion = TrackFusion(name="fusion")
+        self.flatten = keras.layers.Flatten(name="flatten")
+        self.decoder = [keras.layers.Dense(d, activation=a, name=f"fc_dec_{i + 1}")
+                        for i, (d, a) in enumerate(zip(self.reconstruct_dims, self.decoder_activations))]
+        self.reconstruction_weights = self.add_weight(
+            name="reconstruction_weights", shape=(len(self.reconstruct_dims),),
+            initializer="ones", trainable=False)
+        self.assignment_1 = self.add_weight(name="assignment_1", shape=(interp_filters, self.num_classes),
+                                            initializer="zeros", trainable=False, aggregation="mean")
+        self.assignment_2 = self.add_weight(name="assignment_2", shape=(part_filters, self.num_classes),
+                                            initializer="zeros", trainable=False, aggregation="mean")
+        self._trackers = {name: keras.metrics.Mean(name=name) for name in _LOG_TERMS}
+        self(tf.zeros((1,) + self.target_shape))
+
+    def _pool_copy(self, name):
+        if self.pool is None:
+            return None
+        config = dict(self.pool["config"])
+        config["name"] = name
+        return keras.layers.deserialize({**self.pool, "config": config})
+
+    # ---- forward -------------------------------------------------------------------------
+    def call(self, x0, positive=None, training=None):
+        """Returns a dict: part maps, both tracks, p, the reconstructions and the class scores.
+
+        positive: optional (per-filter [B, C1], per-filter [B, C2], per-image [B]) float masks
+        used by the training-time statistics (norms, official-form sharpness).
+        """
+        pos_1, pos_2, pos_image = positive if positive is not None else (None, None, None)
+        interp_1 = self.conv_interp_1(x0)
+        interp_2 = self.conv_interp_2(self.mask_1(interp_1, positive=pos_1, training=training))
+        ordin = self.conv_ordin(x0)
+        if self.pool_position == "A":
+            loss_map_interp, loss_map_ordin = interp_2, ordin
+            x_interp = self._pool(self.pool_interp, self.mask_2(interp_2, positive=pos_2, training=training))
+            x_ordin = self._pool(self.pool_ordin, ordin)
+        else:
+            loss_map_interp = self._pool(self.pool_interp, interp_2)
+            loss_map_ordin = x_ordin = self._pool(self.pool_ordin, ordin)
+            x_interp = self.mask_2(loss_map_interp, positive=pos_2, training=training)
+        ordin_positive = None if pos_image is None else tf.tile(pos_image[:, None], [1, self.part_filters])
+        outputs = {"interp_1": interp_1, "part_maps": interp_2,
+                   "loss_map_interp": loss_map_interp, "loss_map_ordin": loss_map_ordin,
+                   "pre_norm_interp": x_interp, "pre_norm_ordin": x_ordin}
+        x_interp = self.norm_interp(x_interp, positive=pos_2, training=training)
+        x_ordin = self.norm_ordin(x_ordin, positive=ordin_positive, training=training)
+        h = self.flatten(self.fusion([x_interp, x_ordin]))
+        reconstructions = []
+        for dense in self.decoder:
+            h = dense(h)
+            reconstructions.append(h)
+        outputs.update(reconstructions=reconstructions, scores=self.head(h), p=self.fusion.p())
+        return outputs
+
+    @staticmethod
+    def _pool(layer, x):
+        return x if layer is None else layer(x)
+
+    # ---- categories and filter assignment --------------------------------------------------
+    def image_categories(self, batch):
+        """Each image's category: the performer's prediction (default) or the label."""
+        if self.category_source == "label":
+            return tf.cast(tf.reshape(batch["label"], [-1]), tf.int32)
+        return tf.argmax(batch["scores"], axis=-1, output_type=tf.int32)
+
+    def _assignable(self, scores):
+        """Mask out the negative class so no filter is assigned to it."""
+        if self.negative_class is None:
+            return scores
+        keep = tf.one_hot(self.negative_class, self.num_classes, on_value=0.0, off_value=1.0)
+        return tf.where(keep > 0, scores, -1e30)
+
+    def filter_categories(self):
+        """(category of each conv-interp-1 filter, of each conv-interp-2 filter), int32."""
+        return tuple(tf.argmax(self._assignable(s), axis=-1, output_type=tf.int32)
+                     for s in (self.assignment_1, self.assignment_2))
+
+    def positives(self, categories):
+        """Per-filter positive masks for both layers and the per-image positive mask."""
+        cat_1, cat_2 = self.filter_categories()
+        pos_1 = tf.cast(categories[:, None] == cat_1[None, :], tf.float32)
+        pos_2 = tf.cast(categories[:, None] == cat_2[None, :], tf.float32)
+        if self.negative_class is None:
+            pos_image = tf.ones_like(categories, tf.float32)
+        else:
+            pos_image = tf.cast(categories != self.negative_class, tf.float32)
+        return pos_1, pos_2, pos_image
+
+    @staticmethod
+    def class_sums(values, categories, num_classes):
+        """Per-class sums of per-image values [B, C] -> ([C, K] sums, [K] counts), this replica."""
+        onehot = tf.one_hot(categories, num_classes)  # [B, K]
+        return tf.matmul(values, onehot, transpose_a=True), tf.reduce_sum(onehot, 0)
+
+    def _update_assignment(self, variable, maps, categories):
+        """S[d, c] <- m S[d, c] + (1 - m) mean over images of class c of max_ij x_d."""
+        peaks = tf.reduce_max(tf.cast(maps, tf.float32), axis=[1, 2])
+        sums, counts = global_sum(*self.class_sums(peaks, categories, self.num_classes))
+        means = sums / tf.maximum(counts, 1.0)
+        m = self.assignment_momentum
+        variable.assign(tf.where(counts[None, :] > 0, m * variable + (1 - m) * means, variable))
+
+    # ---- losses --------------------------------------------------------------------------
+    def compute_losses(self, batch, outputs, positive):
+        """Each term of SPEC 2.3 as this replica's share of the global-batch loss."""
+        pos_1, pos_2, _ = positive
+        batch_size = global_batch_size(tf.shape(batch["target"])[0])
+        per_image = 0.0
+        for i, y in enumerate(outputs["reconstructions"]):
+            target = tf.cast(batch[f"recon_{i}"], tf.float32)
+            error = tf.reduce_sum(tf.square(tf.cast(y, tf.float32) - target), axis=-1)
+            per_image += self.reconstruction_weights[i] * error
+        reconstruction = tf.reduce_sum(per_image) / batch_size
+        log_p = -self.eta * self.fusion.log_p() / num_replicas()
+        filter_1 = self._filter_loss_fn(outputs["interp_1"], pos_1, self.mask_1)
+        p = self.fusion.p()
+        fused = (p * tf.cast(outputs["loss_map_interp"], tf.float32) / (self.norm_interp.sigma + 1e-6)
+                 + (1 - p) * tf.stop_gradient(tf.cast(outputs["loss_map_ordin"], tf.float32)
+                                              / (self.norm_ordin.sigma + 1e-6)))
+        filter_2 = self._filter_loss_fn(fused, pos_2, self.mask_2)
+        total = reconstruction + log_p + self.filter_loss_weight * (filter_1 + filter_2)
+        return {"loss": total, "reconstruction": reconstruction, "log_p": log_p,
+                "filter_interp_1": filter_1, "filter_interp_2": filter_2}
+
+    # ---- steps ---------------------------------------------------------------------------
+    def attach_performer(self, taps):
+        """Lets batches carry images: `taps` (Performer.taps()) computes the features in-step."""
+        self._performer = _Untracked(taps)
+
+    def features(self, batch):
+        if "target" in batch:
+            return batch
+        if self._performer.value is None:
+            raise ValueError("This batch has images but no performer is attached; call "
+                             "attach_performer(performer.taps()) or feed cached features.")
+        features = dict(self._performer.value(batch["image"], training=False))
+        features["label"] = batch["label"]
+        return features
+
+    def _record(self, losses, outputs, batch):
+        replicas = float(num_replicas())
+        for name, value in losses.items():
+            self._trackers[name].update_state(value * replicas)
+        self._trackers["p"].update_state(outputs["p"])
+        label = tf.cast(tf.reshape(batch["label"], [-1]), tf.int32)
+        for name, scores in (("performer_accuracy", batch["scores"]),
+                             ("reconstructed_accuracy", outputs["scores"])):
+            correct = tf.cast(tf.argmax(scores, -1, output_type=tf.int32) == label, tf.float32)
+            self._trackers[name].update_state(correct)
+        return {name: tracker.result() for name, tracker in self._trackers.items()}
+
+    def train_step(self, data):
+        batch = self.features(data)
+        categories = self.image_categories(batch)
+        positive = self.positives(categories)
+        with tf.GradientTape() as tape:
+            outputs = self(batch["target"], positive=positive, training=True)
+            losses = self.compute_losses(batch, outputs, positive)
+        variables = self.trainable_variables
+        gradients = tape.gradient(losses["loss"], variables)
+        self.optimizer.apply_gradients(zip(gradients, variables))
+        self._update_assignment(self.assignment_1, outputs["interp_1"], categories)
+        self._update_assignment(self.assignment_2, outputs["part_maps"], categories)
+        return self._record(losses, outputs, batch)
+
+    def test_step(self, data):
+        batch = self.features(data)
+        positive = self.positives(self.image_categories(batch))
+        outputs = self(batch["target"], training=False)
+        return self._record(self.compute_losses(batch, outputs, positive), outputs, batch)
+
+    @property
+    def metrics(self):
+        return list(self._trackers.values())
+
+    # ---- serialisation -------------------------------------------------------------------
+    def get_config(self):
+        if not isinstance(self.filter_loss, str):
+            raise ValueError("Only a registered filter loss (by name) can be serialised.")
+        return {**super().get_config(),
+                "target_shape": self.target_shape, "reconstruct_dims": self.reconstruct_dims,
+                "head": keras.saving.serialize_keras_object(self.head),
+                "interp_filters": self.interp_filters, "part_filters": self.part_filters,
+                "kernel_size": self.kernel_size, "pool": self.pool,
+                "pool_position": self.pool_position, "template_form": self.template_form,
+                "centre": self.centre, "filter_loss": self.filter_loss,
+                "filter_loss_weight": self.filter_loss_weight, "eta": self.eta,
+                "category_source": self.category_source, "negative_class": self.negative_class,
+                "decoder_activations": self.decoder_activations,
+                "norm_momentum": self.norm_momentum, "norm_positives_only": self.norm_positives_only,
+                "assignment_momentum": self.assignment_momentum}
