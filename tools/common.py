@@ -1,0 +1,94 @@
+"""Flags shared by the tools, so one flagfile preset (configs/*.flags) drives all of them.
+
+Only tools read flags; they pass plain values to the library.
+"""
+
+import os
+import time
+
+from absl import flags, logging
+
+from tf_explainer.data import batches, manifest_source, synthetic_source
+from tf_explainer.explainer import CATEGORY_SOURCES, POOL_POSITIONS
+from tf_explainer.filter_loss import registered_filter_losses
+from tf_explainer.performers import PERFORMERS
+from tf_explainer.templates import FORMS
+
+FLAGS = flags.FLAGS
+
+# Data.
+flags.DEFINE_enum("dataset", "synthetic", ["synthetic", "manifest"], "Where images come from.")
+flags.DEFINE_string("data_dir", None, "Manifest folder (images + manifest.jsonl) for --dataset=manifest.")
+flags.DEFINE_string("category", None, "Train 'category vs rest'; all categories when unset.")
+flags.DEFINE_enum("negatives", "sample", ["manifest", "sample", "none"],
+                  "Manifest negatives: from the manifest, sampled background crops, or none.")
+flags.DEFINE_integer("num_train", 4000, "Synthetic training images.")
+flags.DEFINE_integer("num_test", 800, "Synthetic test images.")
+flags.DEFINE_integer("num_categories", 3, "Synthetic creature categories.")
+flags.DEFINE_integer("seed", 0, "Seed for data generation, shuffling and initialisation.")
+
+# Performer.
+flags.DEFINE_enum("performer", "small_vgg", PERFORMERS, "Built-in performer architecture.")
+flags.DEFINE_string("weights_path", None, "Local weights file for the performer (e.g. VGG-16 .h5).")
+flags.DEFINE_integer("performer_epochs", 8, "Performer training epochs.")
+flags.DEFINE_float("performer_learning_rate", 1e-3, "Performer Adam learning rate.")
+
+# Explainer.
+flags.DEFINE_string("performer_dir", None, "Model directory of a trained performer.")
+flags.DEFINE_enum("pool_position", "A", POOL_POSITIONS, "A: mask then pool; B: pool then mask.")
+flags.DEFINE_enum("template_form", "paper", FORMS, "Part template form (SPEC 2.2).")
+flags.DEFINE_enum("centre", "argmax", ["argmax", "centroid"], "How a mask finds its part centre.")
+flags.DEFINE_enum("filter_loss", "approximate", registered_filter_losses(), "Filter loss.")
+flags.DEFINE_float("filter_loss_weight", 1.0, "lambda: weight of the filter losses.")
+flags.DEFINE_float("eta", 1.0, "eta: weight of -log p.")
+flags.DEFINE_enum("category_source", "prediction", CATEGORY_SOURCES,
+                  "An image's category: the performer's prediction or the ground-truth label.")
+flags.DEFINE_boolean("norm_positives_only", True, "Estimate norms on positive images only.")
+flags.DEFINE_enum("optimizer", "adam", ["adam", "sgd"], "Explainer optimiser.")
+flags.DEFINE_float("learning_rate", 1e-3, "Explainer initial learning rate.")
+flags.DEFINE_float("final_learning_rate", 1e-4, "Learning rate after the log decay.")
+flags.DEFINE_integer("decay_epochs", 10, "Epochs of log decay (SPEC 2.5).")
+flags.DEFINE_integer("epochs", 10, "Explainer training epochs.")
+
+# Both.
+flags.DEFINE_integer("batch_size", 64, "Global batch size.")
+flags.DEFINE_string("model_dir", None, "Where the tool writes its model, logs and flags.")
+flags.DEFINE_boolean("overwrite", False, "Retrain even when the model directory holds a finished model.")
+
+
+def data_source():
+    if FLAGS.dataset == "manifest":
+        if not FLAGS.data_dir:
+            raise flags.ValidationError("--dataset=manifest needs --data_dir.")
+        return manifest_source(FLAGS.data_dir, category=FLAGS.category, negatives=FLAGS.negatives,
+                               seed=FLAGS.seed)
+    return synthetic_source(FLAGS.num_train, FLAGS.num_test, num_categories=FLAGS.num_categories,
+                            seed=FLAGS.seed, category=FLAGS.category)
+
+
+def splits(source, performer, training_flip=True):
+    """(train, test) batches for `performer`'s input size and preprocessing."""
+    train = batches(source.examples("train", performer.input_size), performer.preprocess,
+                    FLAGS.batch_size, training=True, seed=FLAGS.seed, flip=training_flip,
+                    landmark_names=source.landmark_names)
+    test = batches(source.examples("test", performer.input_size), performer.preprocess,
+                   FLAGS.batch_size, training=False)
+    return train, test
+
+
+def write_flags(model_dir):
+    """Saves the effective project flags as a flagfile that reruns the same job."""
+    os.makedirs(model_dir, exist_ok=True)
+    path = os.path.join(model_dir, "flags.txt")
+    lines = [flag.serialize() for flag in FLAGS.get_flags_for_module(__name__)]
+    with open(path, "w") as f:
+        f.write("\n".join(line for line in lines if line) + "\n")
+    logging.info("Effective flags written to %s", path)
+
+
+class Stopwatch:
+    def __init__(self):
+        self.start = time.time()
+
+    def seconds(self):
+        return round(time.time() - self.start, 1)

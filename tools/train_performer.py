@@ -1,0 +1,47 @@
+"""Trains a built-in performer on the synthetic parts data or a landmark manifest.
+
+  python -m tools.train_performer --flagfile=configs/demo.flags --model_dir=runs/demo/performer
+"""
+
+import json
+import os
+
+from absl import app, logging
+
+from tools import common
+from tools.common import FLAGS
+from tf_explainer import training
+from tf_explainer.performers import build_performer
+
+
+def train(model_dir):
+    """Trains and saves the performer in model_dir, unless a finished one is there."""
+    if os.path.exists(os.path.join(model_dir, training.PERFORMER_DESCRIPTION)) and not FLAGS.overwrite:
+        logging.info("%s already holds a trained performer; pass --overwrite to retrain.", model_dir)
+        return
+    common.write_flags(model_dir)
+    source = common.data_source()
+    performer = build_performer(FLAGS.performer, len(source.class_names),
+                                class_names=source.class_names, weights_path=FLAGS.weights_path)
+    train, test = common.splits(source, performer)
+    history = training.train_performer(performer, train, test, model_dir,
+                                       FLAGS.performer_epochs, FLAGS.performer_learning_rate)
+    training.save_performer(performer, model_dir, FLAGS.performer)
+    with open(os.path.join(model_dir, "history.json"), "w") as f:
+        json.dump(history, f, indent=2)
+    logging.info("Performer test accuracy %.4f", history["val_accuracy"][-1])
+
+
+def main(argv):
+    del argv
+    if not FLAGS.model_dir:
+        raise app.UsageError("--model_dir is required.")
+    train(FLAGS.model_dir)
+
+
+def run():
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()
