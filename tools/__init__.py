@@ -1,0 +1,1 @@
+"""Command-line tools (absl flags); the library never reads flags."""
