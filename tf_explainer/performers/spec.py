@@ -29,8 +29,8 @@ def layer_names(model: keras.Model, prefix: str = "") -> list:
     return names
 
 
-def _split(model: keras.Model, name: str) -> list:
-    """Resolve `name` into a path of layer names from `model` down to the layer."""
+def layer_path(model: keras.Model, name: str) -> list:
+    """The path of layer names from `model` down to the layer `name` (plain or "outer/inner")."""
     if "/" in name:
         path = name.split("/")
     else:
@@ -55,14 +55,15 @@ def _split(model: keras.Model, name: str) -> list:
 def find_layer(model: keras.Model, name: str) -> keras.layers.Layer:
     """The layer called `name` (plain or "outer/inner" path), searching nested models."""
     layer = model
-    for part in _split(model, name):
+    for part in layer_path(model, name):
         layer = layer.get_layer(part)
     return layer
 
 
 def _call_inputs(model: keras.Model, container: keras.Model):
     """The symbolic inputs `container` was called on inside `model`'s graph."""
-    for nodes in model._nodes_by_depth.values():
+    graph = getattr(model, "_functional", model)  # a Sequential keeps its graph there
+    for nodes in graph._nodes_by_depth.values():
         for node in nodes:
             if node.operation is container:
                 args = node.input_tensors
@@ -99,7 +100,7 @@ def tap_model(model: keras.Model, names: dict, name: str = "performer_taps") -> 
     was called on, so the performer's own weights are shared, never copied.
     """
     keys = list(names)
-    paths = [_split(model, names[k]) for k in keys]
+    paths = [layer_path(model, names[k]) for k in keys]
     inputs = keras.Input(model.inputs[0].shape[1:], dtype=model.inputs[0].dtype, name="image")
     outputs = _tap(model, paths, inputs)
     return keras.Model(inputs, dict(zip(keys, outputs)), name=name)
