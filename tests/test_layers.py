@@ -82,13 +82,17 @@ def test_track_fusion_starts_at_half_and_mixes():
     fusion.w_interp.assign(np.log(3.0))
     assert float(fusion.p()) == pytest.approx(0.75)
     np.testing.assert_allclose(fusion([a, b]).numpy(), 0.75, rtol=1e-6)
+    scaled = TrackFusion(logit_scale=10.0)
+    scaled([a, b])
+    scaled.w_interp.assign(np.log(3.0) / 10.0)
+    assert float(scaled.p()) == pytest.approx(0.75)
 
 
 @pytest.mark.parametrize("layer", [
     PartMask(form="official", centre="centroid", sharpness_init=2.5, sharpness_momentum=0.8),
     PartMask(form="paper"),
     ChannelNorm(momentum=0.7, epsilon=1e-4, positives_only=True),
-    TrackFusion(),
+    TrackFusion(logit_scale=50.0),
 ])
 def test_layers_round_trip_get_config(layer):
     x = _maps(5)

@@ -46,6 +46,7 @@ class Explainer(keras.Model):
       negative_class: class index that no filter is assigned to (e.g. "background"), or None.
       decoder_activations: per decoder layer, "relu" or None.
       norm_positives_only: estimate the interpretable track's norm on positive images only.
+      fusion_logit_scale: learning-rate multiplier for p under Adam (see TrackFusion).
     """
 
     def __init__(self, target_shape, reconstruct_dims, head, interp_filters, part_filters,
@@ -53,7 +54,7 @@ class Explainer(keras.Model):
                  centre="argmax", filter_loss="approximate", filter_loss_weight=1.0, eta=1.0,
                  category_source="prediction", negative_class=None, decoder_activations=None,
                  norm_momentum=0.9, norm_positives_only=True, assignment_momentum=0.9,
-                 **kwargs):
+                 fusion_logit_scale=1.0, **kwargs):
         super().__init__(**kwargs)
         if pool_position not in POOL_POSITIONS:
             raise ValueError(f"pool_position must be one of {POOL_POSITIONS}, got {pool_position!r}.")
@@ -83,6 +84,7 @@ class Explainer(keras.Model):
         self.norm_momentum = float(norm_momentum)
         self.norm_positives_only = bool(norm_positives_only)
         self.assignment_momentum = float(assignment_momentum)
+        self.fusion_logit_scale = float(fusion_logit_scale)
         self._performer = _Untracked(None)
 
         conv = dict(padding="same", activation="relu")
@@ -97,7 +99,7 @@ class Explainer(keras.Model):
                                        name="norm_interp")
         self.norm_ordin = ChannelNorm(norm_momentum, positives_only=norm_positives_only,
                                       name="norm_ordin")
-        self.fusion = TrackFusion(name="fusion")
+        self.fusion = TrackFusion(fusion_logit_scale, name="fusion")
         self.flatten = keras.layers.Flatten(name="flatten")
         self.decoder = [keras.layers.Dense(d, activation=a, name=f"fc_dec_{i + 1}")
                         for i, (d, a) in enumerate(zip(self.reconstruct_dims, self.decoder_activations))]
@@ -287,4 +289,5 @@ class Explainer(keras.Model):
                 "category_source": self.category_source, "negative_class": self.negative_class,
                 "decoder_activations": self.decoder_activations,
                 "norm_momentum": self.norm_momentum, "norm_positives_only": self.norm_positives_only,
-                "assignment_momentum": self.assignment_momentum}
+                "assignment_momentum": self.assignment_momentum,
+                "fusion_logit_scale": self.fusion_logit_scale}

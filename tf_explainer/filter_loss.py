@@ -93,9 +93,10 @@ def _approximate(maps, positive, mask, temperature, negative_sign):
     """Approximate filter loss: only each image's target template T_hat contributes.
 
     Positives: gradient -g * m (m the unit template at the peak, unclamped), raising activations
-    on the part and lowering them away from it. Negatives: gradient proportional to
-    -negative_sign... i.e. +g uniformly, lowering all activations. The returned value is a
-    readout (mean negative strength minus mean positive strength); its gradient is the custom one.
+    on the part and lowering them away from it. Negatives: gradient +g everywhere, lowering all
+    activations; negative_sign is the sign of the negative template in the strength s-. The
+    returned value is a readout (mean negative activation minus mean positive strength); its
+    gradient is the custom one.
     """
     x = tf.cast(maps, tf.float32)
     m = tf.stop_gradient(mask.template(x))

@@ -140,14 +140,24 @@ class ChannelNorm(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package="tf_explainer")
 class TrackFusion(keras.layers.Layer):
-    """x_enc = p * x_interp + (1 - p) * x_ordin, p = softmax([w_interp, w_ordin])[0], init 0.5."""
+    """x_enc = p * x_interp + (1 - p) * x_ordin, p = softmax(s * [w_interp, w_ordin])[0], init 0.5.
+
+    `logit_scale` s acts as a learning-rate multiplier for p under Adam, which moves every weight
+    by about lr per step whatever its gradient: with s = 1 and lr = 1e-4, p would need thousands
+    of steps to move at all. (Under SGD the effective multiplier is s^2.)
+    """
+
+    def __init__(self, logit_scale=1.0, **kwargs):
+        super().__init__(**kwargs)
+        self.logit_scale = float(logit_scale)
 
     def build(self, input_shape):
         self.w_interp = self.add_weight(name="w_interp", shape=(), initializer="zeros")
         self.w_ordin = self.add_weight(name="w_ordin", shape=(), initializer="zeros")
 
     def _logits(self):
-        return tf.stack([tf.convert_to_tensor(self.w_interp), tf.convert_to_tensor(self.w_ordin)])
+        weights = tf.stack([tf.convert_to_tensor(self.w_interp), tf.convert_to_tensor(self.w_ordin)])
+        return self.logit_scale * weights
 
     def p(self):
         """The interpretable track's share, float32 scalar."""
@@ -163,3 +173,6 @@ class TrackFusion(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         return input_shape[0]
+
+    def get_config(self):
+        return {**super().get_config(), "logit_scale": self.logit_scale}

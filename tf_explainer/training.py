@@ -29,13 +29,20 @@ def _image_label(batch):
     return batch["image"], batch["label"]
 
 
+def steps_per_epoch(dataset):
+    """Batches in one pass over `dataset` (counted when tf.data cannot tell)."""
+    steps = int(dataset.cardinality())
+    return steps if steps >= 0 else sum(1 for _ in dataset)
+
+
 def train_performer(performer: Performer, train, test, model_dir, epochs, learning_rate=1e-3,
                     verbose=2):
-    """Fits the performer on batches of {"image", "label"} with cross-entropy and Adam."""
+    """Fits the performer on batches of {"image", "label"}: cross-entropy, Adam, cosine decay."""
     os.makedirs(model_dir, exist_ok=True)
     model = performer.model
     model.trainable = True
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate),
+    schedule = keras.optimizers.schedules.CosineDecay(learning_rate, epochs * steps_per_epoch(train))
+    model.compile(optimizer=keras.optimizers.Adam(schedule),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=performer.scores_are_logits),
                   metrics=["accuracy"])
     history = model.fit(train.map(_image_label), validation_data=test.map(_image_label),

@@ -30,6 +30,7 @@ flags.DEFINE_integer("seed", 0, "Seed for data generation, shuffling and initial
 # Performer.
 flags.DEFINE_enum("performer", "small_vgg", PERFORMERS, "Built-in performer architecture.")
 flags.DEFINE_string("weights_path", None, "Local weights file for the performer (e.g. VGG-16 .h5).")
+flags.DEFINE_integer("input_size", None, "Performer input side in pixels; the network's own when unset.")
 flags.DEFINE_integer("performer_epochs", 8, "Performer training epochs.")
 flags.DEFINE_float("performer_learning_rate", 1e-3, "Performer Adam learning rate.")
 
@@ -41,6 +42,8 @@ flags.DEFINE_enum("centre", "argmax", ["argmax", "centroid"], "How a mask finds 
 flags.DEFINE_enum("filter_loss", "approximate", registered_filter_losses(), "Filter loss.")
 flags.DEFINE_float("filter_loss_weight", 1.0, "lambda: weight of the filter losses.")
 flags.DEFINE_float("eta", 1.0, "eta: weight of -log p.")
+flags.DEFINE_float("fusion_logit_scale", 1.0,
+                   "Learning-rate multiplier for the fusion weight p under Adam (see TrackFusion).")
 flags.DEFINE_enum("category_source", "prediction", CATEGORY_SOURCES,
                   "An image's category: the performer's prediction or the ground-truth label.")
 flags.DEFINE_boolean("norm_positives_only", True, "Estimate norms on positive images only.")

@@ -20,6 +20,7 @@ def explainer_options():
     return dict(pool_position=FLAGS.pool_position, template_form=FLAGS.template_form,
                 centre=FLAGS.centre, filter_loss=FLAGS.filter_loss,
                 filter_loss_weight=FLAGS.filter_loss_weight, eta=FLAGS.eta,
+                fusion_logit_scale=FLAGS.fusion_logit_scale,
                 category_source=FLAGS.category_source,
                 norm_positives_only=FLAGS.norm_positives_only)
 
@@ -39,10 +40,9 @@ def train_and_evaluate(performer_dir, model_dir):
         explainer = build_explainer(performer, **explainer_options())
         logging.info("Initialising explainer statistics from one pass over the training data.")
         initialize_statistics(explainer, train)
-        steps_per_epoch = sum(1 for _ in train)
         optimizer = training.make_optimizer(
             FLAGS.optimizer, FLAGS.learning_rate, FLAGS.final_learning_rate,
-            decay_steps=FLAGS.decay_epochs * steps_per_epoch)
+            decay_steps=FLAGS.decay_epochs * training.steps_per_epoch(train))
         training.train_explainer(explainer, train, test, model_dir, FLAGS.epochs, optimizer)
     metrics = evaluation.evaluate(explainer, test, evaluation.performer_geometries(performer))
     with open(os.path.join(model_dir, "metrics.json"), "w") as f:

@@ -22,7 +22,8 @@ def train(model_dir):
     common.write_flags(model_dir)
     source = common.data_source()
     performer = build_performer(FLAGS.performer, len(source.class_names),
-                                class_names=source.class_names, weights_path=FLAGS.weights_path)
+                                class_names=source.class_names, input_size=FLAGS.input_size,
+                                weights_path=FLAGS.weights_path)
     train, test = common.splits(source, performer)
     history = training.train_performer(performer, train, test, model_dir,
                                        FLAGS.performer_epochs, FLAGS.performer_learning_rate)
