@@ -6,6 +6,7 @@ import tensorflow as tf
 from absl import logging
 
 from tf_explainer.explainer import Explainer
+from tf_explainer.progress import cardinality, logged
 from tf_explainer.performers.spec import Performer, find_layer
 
 
@@ -98,9 +99,9 @@ def initialize_statistics(explainer: Explainer, dataset, steps=None):
         return sums
 
     totals = None
-    for step, data in enumerate(dataset):
-        if steps is not None and step >= steps:
-            break
+    if steps is not None:
+        dataset = dataset.take(steps)
+    for data in logged(dataset, "Explainer statistics", cardinality(dataset)):
         sums = {name: value.numpy() for name, value in batch_sums(data).items()}
         totals = sums if totals is None else {n: totals[n] + sums[n] for n in totals}
     if totals is None:

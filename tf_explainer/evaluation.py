@@ -11,6 +11,7 @@ import tensorflow as tf
 from absl import logging
 
 from tf_explainer.metrics import instability as inst
+from tf_explainer.progress import cardinality, logged
 
 # Which maps are measured: key in the collected outputs -> name in the report.
 MAPS = {"target": "performer_target", "top": "performer_top", "part_maps": "explainer"}
@@ -49,9 +50,9 @@ def collect(explainer, dataset, steps=None) -> Collected:
 
     parts = {"cells": {}, "values": {}, "landmarks": [], "labels": [], "perf": [], "recon": []}
     image_size = None
-    for i, data in enumerate(dataset):
-        if steps is not None and i >= steps:
-            break
+    if steps is not None:
+        dataset = dataset.take(steps)
+    for data in logged(dataset, "Evaluation", cardinality(dataset)):
         image_size = tuple(int(d) for d in data["image"].shape[1:3])
         peaks, performer_pred, recon_pred = step(data)
         for key, (cells, values) in peaks.items():

@@ -13,6 +13,7 @@ import tensorflow as tf
 from absl import logging
 
 from tf_explainer.performers import Performer, build_performer
+from tf_explainer.progress import cardinality
 
 PERFORMER_FILE = "performer.keras"
 PERFORMER_DESCRIPTION = "performer.json"
@@ -31,8 +32,7 @@ def _image_label(batch):
 
 def steps_per_epoch(dataset):
     """Batches in one pass over `dataset` (counted when tf.data cannot tell)."""
-    steps = int(dataset.cardinality())
-    return steps if steps >= 0 else sum(1 for _ in dataset)
+    return cardinality(dataset) or sum(1 for _ in dataset)
 
 
 def train_performer(performer: Performer, train, test, model_dir, epochs, learning_rate=1e-3,
