@@ -6,6 +6,7 @@
 import json
 import os
 
+import keras
 from absl import app, logging
 
 from tools import common
@@ -20,6 +21,7 @@ def train(model_dir):
         logging.info("%s already holds a trained performer; pass --overwrite to retrain.", model_dir)
         return
     common.write_flags(model_dir)
+    keras.utils.set_random_seed(FLAGS.seed)
     source = common.data_source()
     performer = build_performer(FLAGS.performer, len(source.class_names),
                                 class_names=source.class_names, input_size=FLAGS.input_size,
