@@ -46,14 +46,14 @@ def test_train_explainer_writes_metrics_and_reuses_finished_model(performer_dir,
     model_dir = str(tmp_path / "explainer")
     args = [*TINY, f"--performer_dir={performer_dir}", f"--model_dir={model_dir}"]
     _tool("train_explainer", *args)
-    metrics = json.load(open(os.path.join(model_dir, "metrics.json")))
+    metrics = json.load(open(os.path.join(model_dir, "eval", "metrics.json")))["explainer"]
     for key in ("p", "performer_accuracy", "reconstructed_accuracy", "instability_performer_target",
                 "instability_performer_top", "instability_explainer"):
         assert key in metrics and metrics[key] == metrics[key], key  # present and not NaN
     assert 0 < metrics["p"] < 1
     again = _tool("train_explainer", *args)
     assert "Reusing the finished explainer" in again and "Epoch 1/" not in again
-    assert json.load(open(os.path.join(model_dir, "metrics.json"))) == metrics
+    assert json.load(open(os.path.join(model_dir, "eval", "metrics.json")))["explainer"] == metrics
 
 
 def test_missing_performer_dir_is_a_clear_error(tmp_path):
@@ -125,4 +125,27 @@ def test_demo_tool_runs_on_a_manifest_folder(tmp_path):
                 "instability_explainer", "reconstructed_accuracy", "wall_seconds"):
         assert key in summary, key
     assert "tensorboard --logdir" in output
+    baseline = json.load(open(run_dir / "explainer" / "eval" / "metrics.json"))["explainer_cls"]
+    assert baseline["performer_error"] == 1 - summary["performer_accuracy"]
     assert json.load(open(run_dir / "performer" / "performer.json"))["class_names"] == ["background", "person"]
+
+
+def test_evaluate_reports_explainer_baseline_and_contributions(performer_dir, tmp_path):
+    explainer_dir, baseline_dir = str(tmp_path / "explainer"), str(tmp_path / "explainer_cls")
+    _tool("train_explainer", *TINY, f"--performer_dir={performer_dir}", f"--model_dir={explainer_dir}")
+    _tool("train_explainer", *TINY, "--objective=classification", f"--performer_dir={performer_dir}",
+          f"--model_dir={baseline_dir}")
+    output = _tool("evaluate", *TINY, "--probe_images=3", f"--performer_dir={performer_dir}",
+                   f"--model_dir={explainer_dir}", f"--baseline_dir={baseline_dir}")
+    metrics = json.load(open(os.path.join(explainer_dir, "eval", "metrics.json")))
+    for name in ("explainer", "explainer_cls"):
+        for key in ("p", "performer_error", "reconstructed_error", "reconstructed_error_increase",
+                    "instability_performer_target", "instability_performer_top",
+                    "instability_explainer"):
+            assert key in metrics[name], (name, key)
+    assert metrics["explainer"]["performer_error"] == metrics["explainer_cls"]["performer_error"]
+    assert len(metrics["part_contributions"]) == 3
+    first = metrics["part_contributions"][0]["filters"]
+    assert [f["contribution"] for f in first] == sorted((f["contribution"] for f in first), reverse=True)
+    summary = open(os.path.join(explainer_dir, "eval", "summary.txt")).read()
+    assert "explainer_cls:" in summary and "location instability" in summary and summary in output

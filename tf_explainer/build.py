@@ -35,7 +35,7 @@ def build_explainer(performer: Performer, **options) -> Explainer:
         target_shape=performer.target_shape, reconstruct_dims=performer.reconstruct_dims,
         head=performer.head(), interp_filters=interp_filters, part_filters=part_filters,
         kernel_size=kernel_size, pool=pool, decoder_activations=performer.decoder_activations,
-        **options)
+        scores_are_logits=performer.scores_are_logits, **options)
     if top is not None:
         _copy_if_fits(top, explainer.conv_interp_1)
     copied = [source is not None and _copy_if_fits(find_layer(performer.model, source), dense)

@@ -94,6 +94,27 @@ def instability(collected: Collected, key, geometry, negative_class=None, top_k=
         xy, values, collected.landmarks, labels, collected.image_size, categories, top_k=top_k).mean
 
 
+def part_contributions(explainer, images, class_index=None):
+    """How much each interpretable filter contributes to the class score (SPEC 5, paper Fig. 5).
+
+    Gradient x activation on the normalised interpretable track: sum_ij x_interp * d score /
+    d x_interp through fusion, decoder and the performer's head. class_index: an int, [B] ints, or
+    None for the performer's prediction. Returns float32 [B, F] (F = conv-interp-2 filters).
+    """
+    features = explainer.performer_features(images)
+    outputs = explainer(features["target"], training=False)
+    if class_index is None:
+        class_index = tf.argmax(features["scores"], axis=-1, output_type=tf.int32)
+    class_index = tf.broadcast_to(tf.cast(class_index, tf.int32), [tf.shape(images)[0]])
+    x_interp = outputs["x_interp"]
+    with tf.GradientTape() as tape:
+        tape.watch(x_interp)
+        scores = explainer.decode(x_interp, outputs["x_ordin"])["scores"]
+        chosen = tf.gather(scores, class_index, axis=1, batch_dims=1)
+    gradient = tape.gradient(chosen, x_interp)
+    return tf.reduce_sum(gradient * x_interp, axis=[1, 2]).numpy()
+
+
 def evaluate(explainer, dataset, geometries, steps=None, top_k=100) -> dict:
     """p, performer and reconstructed accuracy, and location instability of each measured map.
 
@@ -108,6 +129,8 @@ def evaluate(explainer, dataset, geometries, steps=None, top_k=100) -> dict:
         "p": float(explainer.fusion.p()),
         "performer_accuracy": performer_accuracy,
         "reconstructed_accuracy": reconstructed_accuracy,
+        "performer_error": 1.0 - performer_accuracy,
+        "reconstructed_error": 1.0 - reconstructed_accuracy,
         "reconstructed_error_increase": performer_accuracy - reconstructed_accuracy,
     }
     for key, name in MAPS.items():
@@ -129,3 +152,38 @@ def performer_geometries(performer):
     if performer.top_conv_output_layer:
         geometries["top"] = receptive_field(performer.model, performer.top_conv_output_layer)
     return geometries
+
+
+def top_contributions(explainer, batch, class_names, top=5):
+    """Per image of `batch`: its label, the performer's prediction and the `top` filters that
+    contribute most to that predicted class, with each filter's assigned category."""
+    contributions = part_contributions(explainer, batch["image"])
+    predicted = np.argmax(explainer.performer_features(batch["image"])["scores"], -1)
+    categories = explainer.filter_categories()[1].numpy()
+    images = []
+    for i, row in enumerate(contributions):
+        order = np.argsort(-row)[:top]
+        images.append({"index": i, "label": class_names[int(batch["label"][i])],
+                       "predicted": class_names[int(predicted[i])],
+                       "filters": [{"filter": int(f), "category": class_names[int(categories[f])],
+                                    "contribution": float(row[f])} for f in order]})
+    return images
+
+
+def summary_text(metrics: dict) -> str:
+    """A human-readable summary of `evaluate` results (and a baseline's, when present)."""
+    lines = []
+    for name, values in metrics.items():
+        if not isinstance(values, dict) or "p" not in values:
+            continue
+        lines.append(f"{name}:")
+        lines.append(f"  p (interpretable share)       {values['p']:.3f}")
+        lines.append(f"  performer error               {values['performer_error']:.4f}")
+        lines.append(f"  reconstructed error           {values['reconstructed_error']:.4f}"
+                     f"  (+{100 * values['reconstructed_error_increase']:.2f} points)")
+        for key, label in (("instability_performer_target", "performer target layer"),
+                           ("instability_performer_top", "performer top conv"),
+                           ("instability_explainer", "explainer conv-interp-2")):
+            if key in values:
+                lines.append(f"  location instability          {values[key]:.4f}  {label}")
+    return "\n".join(lines) + "\n"

@@ -15,8 +15,9 @@ from tf_explainer.layers import ChannelNorm, PartMask, TrackFusion
 
 POOL_POSITIONS = ("A", "B")
 CATEGORY_SOURCES = ("prediction", "label")
-_LOG_TERMS = ("loss", "reconstruction", "log_p", "filter_interp_1", "filter_interp_2", "p",
-              "performer_accuracy", "reconstructed_accuracy")
+OBJECTIVES = ("reconstruction", "classification")
+_LOG_TERMS = ("loss", "log_p", "filter_interp_1", "filter_interp_2", "p", "performer_accuracy",
+              "reconstructed_accuracy")
 
 
 class _Untracked:
@@ -47,6 +48,10 @@ class Explainer(keras.Model):
       decoder_activations: per decoder layer, "relu" or None.
       norm_positives_only: estimate the interpretable track's norm on positive images only.
       fusion_logit_scale: learning-rate multiplier for p under Adam (see TrackFusion).
+      objective: "reconstruction" (the method) or "classification": the "Explainer+cls" baseline,
+        trained with cross-entropy of the head on the explainer's output against each image's
+        category instead of reconstructing the performer's layers.
+      scores_are_logits: whether the head emits logits (for the classification objective).
     """
 
     def __init__(self, target_shape, reconstruct_dims, head, interp_filters, part_filters,
@@ -54,12 +59,15 @@ class Explainer(keras.Model):
                  centre="argmax", filter_loss="approximate", filter_loss_weight=1.0, eta=1.0,
                  category_source="prediction", negative_class=None, decoder_activations=None,
                  norm_momentum=0.9, norm_positives_only=True, assignment_momentum=0.9,
-                 fusion_logit_scale=1.0, **kwargs):
+                 fusion_logit_scale=1.0, objective="reconstruction", scores_are_logits=True,
+                 **kwargs):
         super().__init__(**kwargs)
         if pool_position not in POOL_POSITIONS:
             raise ValueError(f"pool_position must be one of {POOL_POSITIONS}, got {pool_position!r}.")
         if category_source not in CATEGORY_SOURCES:
             raise ValueError(f"category_source must be one of {CATEGORY_SOURCES}.")
+        if objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}.")
         if isinstance(head, dict):
             head = keras.saving.deserialize_keras_object(head)
         self.target_shape = tuple(int(d) for d in target_shape)
@@ -85,6 +93,8 @@ class Explainer(keras.Model):
         self.norm_positives_only = bool(norm_positives_only)
         self.assignment_momentum = float(assignment_momentum)
         self.fusion_logit_scale = float(fusion_logit_scale)
+        self.objective = objective
+        self.scores_are_logits = bool(scores_are_logits)
         self._performer = _Untracked(None)
 
         conv = dict(padding="same", activation="relu")
@@ -110,7 +120,7 @@ class Explainer(keras.Model):
                                             initializer="zeros", trainable=False, aggregation="mean")
         self.assignment_2 = self.add_weight(name="assignment_2", shape=(part_filters, self.num_classes),
                                             initializer="zeros", trainable=False, aggregation="mean")
-        self._trackers = {name: keras.metrics.Mean(name=name) for name in _LOG_TERMS}
+        self._trackers = {name: keras.metrics.Mean(name=name) for name in (objective,) + _LOG_TERMS}
         self(tf.zeros((1,) + self.target_shape))
 
     def _pool_copy(self, name):
@@ -142,16 +152,20 @@ class Explainer(keras.Model):
         ordin_positive = None if pos_image is None else tf.tile(pos_image[:, None], [1, self.part_filters])
         outputs = {"interp_1": interp_1, "part_maps": interp_2,
                    "loss_map_interp": loss_map_interp, "loss_map_ordin": loss_map_ordin,
-                   "pre_norm_interp": x_interp, "pre_norm_ordin": x_ordin}
-        x_interp = self.norm_interp(x_interp, positive=pos_2, training=training)
-        x_ordin = self.norm_ordin(x_ordin, positive=ordin_positive, training=training)
+                   "pre_norm_interp": x_interp, "pre_norm_ordin": x_ordin,
+                   "x_interp": self.norm_interp(x_interp, positive=pos_2, training=training),
+                   "x_ordin": self.norm_ordin(x_ordin, positive=ordin_positive, training=training)}
+        outputs.update(self.decode(outputs["x_interp"], outputs["x_ordin"]))
+        return outputs
+
+    def decode(self, x_interp, x_ordin):
+        """Fusion, decoder and the performer's head on the two normalised tracks."""
         h = self.flatten(self.fusion([x_interp, x_ordin]))
         reconstructions = []
         for dense in self.decoder:
             h = dense(h)
             reconstructions.append(h)
-        outputs.update(reconstructions=reconstructions, scores=self.head(h), p=self.fusion.p())
-        return outputs
+        return {"reconstructions": reconstructions, "scores": self.head(h), "p": self.fusion.p()}
 
     @staticmethod
     def _pool(layer, x):
@@ -202,16 +216,24 @@ class Explainer(keras.Model):
         variable.assign(tf.where(counts[None, :] > 0, m * variable + (1 - m) * means, variable))
 
     # ---- losses --------------------------------------------------------------------------
-    def compute_losses(self, batch, outputs, positive):
-        """Each term of SPEC 2.3 as this replica's share of the global-batch loss."""
-        pos_1, pos_2, _ = positive
-        batch_size = global_batch_size(tf.shape(batch["target"])[0])
+    def _per_image_objective(self, batch, outputs):
+        """Sum_l lambda_l ||y_l - y*_l||^2, or the baseline's cross-entropy, per image."""
+        if self.objective == "classification":
+            return keras.losses.sparse_categorical_crossentropy(
+                self.image_categories(batch), tf.cast(outputs["scores"], tf.float32),
+                from_logits=self.scores_are_logits)
         per_image = 0.0
         for i, y in enumerate(outputs["reconstructions"]):
             target = tf.cast(batch[f"recon_{i}"], tf.float32)
             error = tf.reduce_sum(tf.square(tf.cast(y, tf.float32) - target), axis=-1)
             per_image += self.reconstruction_weights[i] * error
-        reconstruction = tf.reduce_sum(per_image) / batch_size
+        return per_image
+
+    def compute_losses(self, batch, outputs, positive):
+        """Each term of SPEC 2.3 as this replica's share of the global-batch loss."""
+        pos_1, pos_2, _ = positive
+        batch_size = global_batch_size(tf.shape(batch["target"])[0])
+        objective = tf.reduce_sum(self._per_image_objective(batch, outputs)) / batch_size
         log_p = -self.eta * self.fusion.log_p() / num_replicas()
         filter_1 = self._filter_loss_fn(outputs["interp_1"], pos_1, self.mask_1)
         p = self.fusion.p()
@@ -219,8 +241,8 @@ class Explainer(keras.Model):
                  + (1 - p) * tf.stop_gradient(tf.cast(outputs["loss_map_ordin"], tf.float32)
                                               / (self.norm_ordin.sigma + 1e-6)))
         filter_2 = self._filter_loss_fn(fused, pos_2, self.mask_2)
-        total = reconstruction + log_p + self.filter_loss_weight * (filter_1 + filter_2)
-        return {"loss": total, "reconstruction": reconstruction, "log_p": log_p,
+        total = objective + log_p + self.filter_loss_weight * (filter_1 + filter_2)
+        return {"loss": total, self.objective: objective, "log_p": log_p,
                 "filter_interp_1": filter_1, "filter_interp_2": filter_2}
 
     # ---- steps ---------------------------------------------------------------------------
@@ -228,13 +250,18 @@ class Explainer(keras.Model):
         """Lets batches carry images: `taps` (Performer.taps()) computes the features in-step."""
         self._performer = _Untracked(taps)
 
+    def performer_features(self, images):
+        """The attached performer's taps on preprocessed images."""
+        if self._performer.value is None:
+            raise ValueError("No performer is attached; call attach_performer(performer.taps()) "
+                             "or feed cached features.")
+        return dict(self._performer.value(images, training=False))
+
     def features(self, batch):
+        """Performer features of a batch: as given (cache) or computed from its images."""
         if "target" in batch:
             return batch
-        if self._performer.value is None:
-            raise ValueError("This batch has images but no performer is attached; call "
-                             "attach_performer(performer.taps()) or feed cached features.")
-        features = dict(self._performer.value(batch["image"], training=False))
+        features = self.performer_features(batch["image"])
         features["label"] = batch["label"]
         return features
 
@@ -290,4 +317,5 @@ class Explainer(keras.Model):
                 "decoder_activations": self.decoder_activations,
                 "norm_momentum": self.norm_momentum, "norm_positives_only": self.norm_positives_only,
                 "assignment_momentum": self.assignment_momentum,
-                "fusion_logit_scale": self.fusion_logit_scale}
+                "fusion_logit_scale": self.fusion_logit_scale, "objective": self.objective,
+                "scores_are_logits": self.scores_are_logits}

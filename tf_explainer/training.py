@@ -111,3 +111,14 @@ def train_explainer(explainer, train, test, model_dir, epochs, optimizer, verbos
     explainer.save(os.path.join(model_dir, EXPLAINER_FILE))
     logging.info("Saved the explainer to %s", os.path.join(model_dir, EXPLAINER_FILE))
     return {k: [float(v) for v in vs] for k, vs in history.history.items()}
+
+
+def load_explainer(model_dir, performer: Performer):
+    """The explainer saved in `model_dir`, with `performer` attached so it can take images."""
+    path = os.path.join(model_dir, EXPLAINER_FILE)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"No trained explainer in {model_dir!r} (missing {EXPLAINER_FILE}); "
+                                "run tools/train_explainer.py first.")
+    explainer = keras.saving.load_model(path)
+    explainer.attach_performer(performer.taps())
+    return explainer

@@ -3,6 +3,7 @@
 Only tools read flags; they pass plain values to the library.
 """
 
+import functools
 import os
 import time
 
@@ -47,6 +48,8 @@ flags.DEFINE_float("fusion_logit_scale", 1.0,
 flags.DEFINE_enum("category_source", "prediction", CATEGORY_SOURCES,
                   "An image's category: the performer's prediction or the ground-truth label.")
 flags.DEFINE_boolean("norm_positives_only", True, "Estimate norms on positive images only.")
+flags.DEFINE_enum("objective", "reconstruction", ["reconstruction", "classification"],
+                  "reconstruction: the method; classification: the 'Explainer+cls' baseline.")
 flags.DEFINE_enum("optimizer", "adam", ["adam", "sgd"], "Explainer optimiser.")
 flags.DEFINE_float("learning_rate", 1e-3, "Explainer initial learning rate.")
 flags.DEFINE_float("final_learning_rate", 1e-4, "Learning rate after the log decay.")
@@ -59,7 +62,9 @@ flags.DEFINE_string("model_dir", None, "Where the tool writes its model, logs an
 flags.DEFINE_boolean("overwrite", False, "Retrain even when the model directory holds a finished model.")
 
 
+@functools.lru_cache(maxsize=1)
 def data_source():
+    """The data source the flags describe; built once per process (the demo reuses it)."""
     if FLAGS.dataset == "manifest":
         if not FLAGS.data_dir:
             raise flags.ValidationError("--dataset=manifest needs --data_dir.")

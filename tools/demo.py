@@ -8,7 +8,7 @@ import os
 
 from absl import app, flags
 
-from tools import common, train_explainer, train_performer
+from tools import common, evaluate, train_explainer, train_performer
 from tools.common import FLAGS
 
 flags.DEFINE_string("run_dir", "runs/demo", "Where the demo writes everything.")
@@ -22,8 +22,11 @@ def main(argv):
     clock = common.Stopwatch()
     performer_dir = os.path.join(FLAGS.run_dir, "performer")
     explainer_dir = os.path.join(FLAGS.run_dir, "explainer")
+    baseline_dir = os.path.join(FLAGS.run_dir, "explainer_cls")
     train_performer.train(performer_dir)
-    metrics = train_explainer.train_and_evaluate(performer_dir, explainer_dir)
+    train_explainer.train(performer_dir, explainer_dir)
+    train_explainer.train(performer_dir, baseline_dir, objective="classification")
+    metrics = evaluate.evaluate_dirs(performer_dir, explainer_dir, baseline_dir)["explainer"]
     summary = {key: metrics[key] for key in SUMMARY_KEYS if key in metrics}
     summary["wall_seconds"] = clock.seconds()
     path = os.path.join(FLAGS.run_dir, "summary.json")
@@ -38,6 +41,7 @@ def main(argv):
                        ("instability_explainer", "explainer conv-interp-2")):
         if key in summary:
             print(f"  location instability     {summary[key]:.4f}  {label}")
+    print(f"  evaluation (with the Explainer+cls baseline): {explainer_dir}/eval/summary.txt")
     print(f"\nInspect training in TensorBoard:\n  .venv/bin/tensorboard --logdir {FLAGS.run_dir}\n")
 
 

@@ -1,0 +1,58 @@
+"""Measures a trained explainer (and optionally the Explainer+cls baseline) on the test split.
+
+  python -m tools.evaluate --flagfile=configs/demo.flags --performer_dir=runs/demo/performer \
+      --model_dir=runs/demo/explainer [--baseline_dir=runs/demo/explainer_cls]
+
+Writes <model_dir>/eval/metrics.json and <model_dir>/eval/summary.txt.
+"""
+
+import json
+import os
+
+from absl import app, flags
+
+from tools import common
+from tools.common import FLAGS
+from tf_explainer import evaluation, training
+
+flags.DEFINE_string("baseline_dir", None, "Model directory of an Explainer+cls baseline "
+                    "(train_explainer --objective=classification) to report beside it.")
+flags.DEFINE_integer("probe_images", 8, "Test images whose part contributions are reported.")
+
+
+def evaluate_dirs(performer_dir, model_dir, baseline_dir=None):
+    """Metrics of the explainer in model_dir (and the baseline), written under model_dir/eval."""
+    performer = training.load_performer(performer_dir)
+    source = common.data_source()
+    _, test = common.splits(source, performer)
+    geometries = evaluation.performer_geometries(performer)
+    explainer = training.load_explainer(model_dir, performer)
+    metrics = {"explainer": evaluation.evaluate(explainer, test, geometries)}
+    if baseline_dir:
+        baseline = training.load_explainer(baseline_dir, performer)
+        metrics["explainer_cls"] = evaluation.evaluate(baseline, test, geometries)
+    probe = next(iter(test.unbatch().batch(FLAGS.probe_images)))
+    metrics["part_contributions"] = evaluation.top_contributions(explainer, probe, source.class_names)
+    out_dir = os.path.join(model_dir, "eval")
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "metrics.json"), "w") as f:
+        json.dump(metrics, f, indent=2)
+    with open(os.path.join(out_dir, "summary.txt"), "w") as f:
+        f.write(evaluation.summary_text(metrics))
+    return metrics
+
+
+def main(argv):
+    del argv
+    if not (FLAGS.model_dir and FLAGS.performer_dir):
+        raise app.UsageError("--model_dir and --performer_dir are required.")
+    metrics = evaluate_dirs(FLAGS.performer_dir, FLAGS.model_dir, FLAGS.baseline_dir)
+    print(evaluation.summary_text(metrics))
+
+
+def run():
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()
