@@ -137,21 +137,31 @@ class Explainer(keras.Model):
         positive: optional (per-filter [B, C1], per-filter [B, C2], per-image [B]) float masks
         used by the training-time statistics (norms, official-form sharpness).
         """
-        pos_1, pos_2, pos_image = positive if positive is not None else (None, None, None)
+        outputs = self.part_stage(x0, positive, training)
+        outputs.update(self.from_part_maps(outputs["part_maps"], outputs["ordin"], positive, training))
+        return outputs
+
+    def part_stage(self, x0, positive=None, training=None):
+        """conv-interp-1 -> mask -> conv-interp-2 (the part maps) and conv-ordin, on x0."""
+        pos_1 = None if positive is None else positive[0]
         interp_1 = self.conv_interp_1(x0)
-        interp_2 = self.conv_interp_2(self.mask_1(interp_1, positive=pos_1, training=training))
-        ordin = self.conv_ordin(x0)
+        part_maps = self.conv_interp_2(self.mask_1(interp_1, positive=pos_1, training=training))
+        return {"interp_1": interp_1, "part_maps": part_maps, "ordin": self.conv_ordin(x0)}
+
+    def from_part_maps(self, part_maps, ordin, positive=None, training=None):
+        """Everything after the part maps: mask and pool (in `pool_position` order), norms,
+        fusion, decoder and head. Gradients of the scores reach `part_maps` (Grad-CAM uses it)."""
+        _, pos_2, pos_image = positive if positive is not None else (None, None, None)
         if self.pool_position == "A":
-            loss_map_interp, loss_map_ordin = interp_2, ordin
-            x_interp = self._pool(self.pool_interp, self.mask_2(interp_2, positive=pos_2, training=training))
+            loss_map_interp, loss_map_ordin = part_maps, ordin
+            x_interp = self._pool(self.pool_interp, self.mask_2(part_maps, positive=pos_2, training=training))
             x_ordin = self._pool(self.pool_ordin, ordin)
         else:
-            loss_map_interp = self._pool(self.pool_interp, interp_2)
+            loss_map_interp = self._pool(self.pool_interp, part_maps)
             loss_map_ordin = x_ordin = self._pool(self.pool_ordin, ordin)
             x_interp = self.mask_2(loss_map_interp, positive=pos_2, training=training)
         ordin_positive = None if pos_image is None else tf.tile(pos_image[:, None], [1, self.part_filters])
-        outputs = {"interp_1": interp_1, "part_maps": interp_2,
-                   "loss_map_interp": loss_map_interp, "loss_map_ordin": loss_map_ordin,
+        outputs = {"loss_map_interp": loss_map_interp, "loss_map_ordin": loss_map_ordin,
                    "pre_norm_interp": x_interp, "pre_norm_ordin": x_ordin,
                    "x_interp": self.norm_interp(x_interp, positive=pos_2, training=training),
                    "x_ordin": self.norm_ordin(x_ordin, positive=ordin_positive, training=training)}
@@ -249,6 +259,11 @@ class Explainer(keras.Model):
     def attach_performer(self, taps):
         """Lets batches carry images: `taps` (Performer.taps()) computes the features in-step."""
         self._performer = _Untracked(taps)
+
+    @property
+    def performer_taps(self):
+        """The attached performer's taps model (Performer.taps()), or None."""
+        return self._performer.value
 
     def performer_features(self, images):
         """The attached performer's taps on preprocessed images."""

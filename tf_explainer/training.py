@@ -20,9 +20,14 @@ PERFORMER_DESCRIPTION = "performer.json"
 EXPLAINER_FILE = "explainer.keras"
 
 
+def log_dir(model_dir):
+    """Where a model directory's TensorBoard logs go (Keras' runs and the explainer's probe)."""
+    return os.path.join(model_dir, "logs")
+
+
 def _callbacks(model_dir, extra=()):
     return [keras.callbacks.BackupAndRestore(os.path.join(model_dir, "backup")),
-            keras.callbacks.TensorBoard(os.path.join(model_dir, "logs")),
+            keras.callbacks.TensorBoard(log_dir(model_dir)),
             *extra]
 
 

@@ -13,6 +13,7 @@ from tools import common, evaluate
 from tools.common import FLAGS
 from tf_explainer import evaluation, training
 from tf_explainer.build import build_explainer, initialize_statistics
+from tf_explainer.tensorboard import ExplainerTensorBoard
 
 
 def explainer_options(objective=None):
@@ -42,7 +43,12 @@ def train(performer_dir, model_dir, objective=None):
     optimizer = training.make_optimizer(
         FLAGS.optimizer, FLAGS.learning_rate, FLAGS.final_learning_rate,
         decay_steps=FLAGS.decay_epochs * training.steps_per_epoch(train_data))
-    training.train_explainer(explainer, train_data, test_data, model_dir, FLAGS.epochs, optimizer)
+    probe = ExplainerTensorBoard(
+        training.log_dir(model_dir), next(iter(test_data)), evaluation.performer_geometries(performer),
+        hparams={"learning_rate": FLAGS.learning_rate, "optimizer": FLAGS.optimizer,
+                 "objective": objective or FLAGS.objective})
+    training.train_explainer(explainer, train_data, test_data, model_dir, FLAGS.epochs, optimizer,
+                             callbacks=[probe])
 
 
 def main(argv):
