@@ -127,6 +127,8 @@ def test_demo_tool_runs_on_a_manifest_folder(tmp_path):
     assert "tensorboard --logdir" in output
     baseline = json.load(open(run_dir / "explainer" / "eval" / "metrics.json"))["explainer_cls"]
     assert baseline["performer_error"] == 1 - summary["performer_accuracy"]
+    assert (run_dir / "explainer" / "report" / "index.html").exists()
+    assert os.listdir(run_dir / "explainer" / "logs" / "probe")
     assert json.load(open(run_dir / "performer" / "performer.json"))["class_names"] == ["background", "person"]
 
 

@@ -74,7 +74,8 @@ def collect(explainer, dataset, steps=None) -> Collected:
 
 
 def instability(collected: Collected, key, geometry, negative_class=None, top_k=100):
-    """Location instability of one collected map (SPEC 5, official protocol).
+    """Location instability of one collected map (SPEC 5, official protocol), as the metric's
+    InstabilityResult (mean, per filter, per filter and landmark).
 
     Single-category (one class besides the negative one): all filters on that class's images.
     Multi-category: each filter on the images of the category where its mean peak is highest.
@@ -86,12 +87,12 @@ def instability(collected: Collected, key, geometry, negative_class=None, top_k=
     if len(classes) == 1:
         keep = labels == classes[0]
         return inst.location_instability(xy[keep], values[keep], collected.landmarks[keep],
-                                         collected.image_size, top_k=top_k).mean
+                                         collected.image_size, top_k=top_k)
     ignore = () if negative_class is None else (negative_class,)
     num_classes = int(labels.max()) + 1
     categories = inst.assign_filters_to_categories(values, labels, num_classes, ignore_labels=ignore)
     return inst.location_instability_by_category(
-        xy, values, collected.landmarks, labels, collected.image_size, categories, top_k=top_k).mean
+        xy, values, collected.landmarks, labels, collected.image_size, categories, top_k=top_k)
 
 
 def part_contributions(explainer, images, class_index=None):
@@ -136,7 +137,7 @@ def evaluate(explainer, dataset, geometries, steps=None, top_k=100) -> dict:
     for key, name in MAPS.items():
         if key in collected.cells and key in geometries:
             result[f"instability_{name}"] = float(instability(
-                collected, key, geometries[key], explainer.negative_class, top_k))
+                collected, key, geometries[key], explainer.negative_class, top_k).mean)
     logging.info("Evaluation: %s", result)
     return result
 

@@ -13,7 +13,7 @@ import tensorflow as tf
 from tf_explainer.metrics.instability import map_peaks
 
 # Distinct overlay colours (RGB), cycled when more filters are shown than there are colours.
-_PALETTE = np.array([[230, 25, 75], [60, 180, 75], [0, 130, 200], [255, 225, 25],
+PALETTE = np.array([[230, 25, 75], [60, 180, 75], [0, 130, 200], [255, 225, 25],
                      [245, 130, 48], [145, 30, 180], [70, 240, 240], [240, 50, 230]], np.float32)
 _BOX_COLOUR = np.array([255, 255, 0], np.uint8)
 _OVERLAY_ALPHA = 0.6
@@ -44,7 +44,7 @@ def overlay_part_maps(raw, part_maps, top_k=3):
     maps = _upsample(part_maps[..., shown], raw.shape[:2])
     maps = np.clip(np.divide(maps, peaks[shown], out=np.zeros_like(maps), where=peaks[shown] > 0),
                    0.0, 1.0)  # [H, W, k]
-    colours = _PALETTE[np.arange(len(shown)) % len(_PALETTE)]  # [k, 3]
+    colours = PALETTE[np.arange(len(shown)) % len(PALETTE)]  # [k, 3]
     weight = maps.sum(axis=-1, keepdims=True)
     colour = np.divide(maps @ colours, weight, out=np.zeros(raw.shape, np.float32),
                        where=weight > 0)  # each pixel: the shown filters' colours, by strength
@@ -186,6 +186,11 @@ def heatmap_overlay(raw, cam):
     return _blend(raw.astype(np.float32), _jet(cam), np.full(cam.shape, _HEATMAP_ALPHA, np.float32))
 
 
+def default_patch_size(geometry, image_size):
+    """Four strides of the part-map grid: the part and a little context, within the image."""
+    return min(int(round(4 * geometry.stride)), *image_size)
+
+
 def image_summaries(explainer, batch, geometry, patch_size=None, top_k=3, per_filter=6,
                     max_filters=16):
     """The explainer's pictures for one batch {"image", "raw", "label"}, as uint8 [N, H, W, 3].
@@ -199,7 +204,7 @@ def image_summaries(explainer, batch, geometry, patch_size=None, top_k=3, per_fi
     features = explainer.features({"image": batch["image"], "label": batch["label"]})
     part_maps = explainer(features["target"], training=False)["part_maps"].numpy()
     if patch_size is None:
-        patch_size = min(int(round(4 * geometry.stride)), *raws.shape[1:3])
+        patch_size = default_patch_size(geometry, raws.shape[1:3])
     cams = explainer_grad_cam(explainer, batch["image"])
     overlays = [[heatmap_overlay(raw, cam[i]) for cam in cams.values()]
                 for i, raw in enumerate(raws)]

@@ -56,6 +56,9 @@ flags.DEFINE_float("final_learning_rate", 1e-4, "Learning rate after the log dec
 flags.DEFINE_integer("decay_epochs", 10, "Epochs of log decay (SPEC 2.5).")
 flags.DEFINE_integer("epochs", 10, "Explainer training epochs.")
 
+# Evaluation and report.
+flags.DEFINE_integer("probe_images", 4, "Test images whose part contributions are reported.")
+
 # Both.
 flags.DEFINE_integer("batch_size", 64, "Global batch size.")
 flags.DEFINE_string("model_dir", None, "Where the tool writes its model, logs and flags.")

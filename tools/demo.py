@@ -8,7 +8,7 @@ import os
 
 from absl import app, flags
 
-from tools import common, evaluate, train_explainer, train_performer
+from tools import common, evaluate, report, train_explainer, train_performer
 from tools.common import FLAGS
 
 flags.DEFINE_string("run_dir", "runs/demo", "Where the demo writes everything.")
@@ -27,6 +27,7 @@ def main(argv):
     train_explainer.train(performer_dir, explainer_dir)
     train_explainer.train(performer_dir, baseline_dir, objective="classification")
     metrics = evaluate.evaluate_dirs(performer_dir, explainer_dir, baseline_dir)["explainer"]
+    report_path = report.write(performer_dir, explainer_dir)
     summary = {key: metrics[key] for key in SUMMARY_KEYS if key in metrics}
     summary["wall_seconds"] = clock.seconds()
     path = os.path.join(FLAGS.run_dir, "summary.json")
@@ -42,6 +43,7 @@ def main(argv):
         if key in summary:
             print(f"  location instability     {summary[key]:.4f}  {label}")
     print(f"  evaluation (with the Explainer+cls baseline): {explainer_dir}/eval/summary.txt")
+    print(f"  part report: {report_path}")
     print(f"\nInspect training in TensorBoard:\n  .venv/bin/tensorboard --logdir {FLAGS.run_dir}\n")
 
 

@@ -17,7 +17,6 @@ from tf_explainer import evaluation, training
 
 flags.DEFINE_string("baseline_dir", None, "Model directory of an Explainer+cls baseline "
                     "(train_explainer --objective=classification) to report beside it.")
-flags.DEFINE_integer("probe_images", 8, "Test images whose part contributions are reported.")
 
 
 def evaluate_dirs(performer_dir, model_dir, baseline_dir=None):
