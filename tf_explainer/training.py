@@ -97,7 +97,7 @@ class LogDecay(keras.optimizers.schedules.LearningRateSchedule):
 
 def make_optimizer(name, learning_rate, final_learning_rate=None, decay_steps=1,
                    weight_decay=5e-4, momentum=0.9):
-    """"adam" or "sgd" (momentum, weight decay) with the log decay of SPEC 2.5."""
+    """Adam, or SGD with momentum and weight decay, on the log-decay schedule of SPEC 2.5."""
     schedule = LogDecay(learning_rate, final_learning_rate or learning_rate, decay_steps)
     if name == "sgd":
         return keras.optimizers.SGD(schedule, momentum=momentum, weight_decay=weight_decay)
