@@ -151,3 +151,16 @@ def test_evaluate_reports_explainer_baseline_and_contributions(performer_dir, tm
     assert [f["contribution"] for f in first] == sorted((f["contribution"] for f in first), reverse=True)
     summary = open(os.path.join(explainer_dir, "eval", "summary.txt")).read()
     assert "explainer_cls:" in summary and "location instability" in summary and summary in output
+
+
+def test_explainer_trains_from_the_feature_cache(performer_dir, tmp_path):
+    cache = str(tmp_path / "cache")
+    output = _tool("cache_features", *TINY, "--cache_shards=2", "--cache_compression=gzip",
+                   f"--performer_dir={performer_dir}", f"--feature_cache={cache}")
+    assert "Cached 96 training examples" in output
+    model_dir = str(tmp_path / "explainer")
+    trained = _tool("train_explainer", *TINY, f"--feature_cache={cache}",
+                    f"--performer_dir={performer_dir}", f"--model_dir={model_dir}")
+    assert "flip augmentation is not available" in trained
+    metrics = json.load(open(os.path.join(model_dir, "eval", "metrics.json")))["explainer"]
+    assert 0 < metrics["p"] < 1 and metrics["instability_explainer"] == metrics["instability_explainer"]

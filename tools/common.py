@@ -56,6 +56,13 @@ flags.DEFINE_float("final_learning_rate", 1e-4, "Learning rate after the log dec
 flags.DEFINE_integer("decay_epochs", 10, "Epochs of log decay (SPEC 2.5).")
 flags.DEFINE_integer("epochs", 10, "Explainer training epochs.")
 
+# Feature cache (tools/cache_features.py writes it, train_explainer reads it).
+flags.DEFINE_string("feature_cache", None, "Folder of cached performer features; the explainer "
+                    "trains from <feature_cache>/train (no flip augmentation) when set.")
+flags.DEFINE_integer("cache_shards", 4, "TFRecord shards of the feature cache.")
+flags.DEFINE_enum("cache_compression", "none", ["none", "gzip"], "Feature cache compression.")
+flags.DEFINE_enum("cache_dtype", "float32", ["float32", "bfloat16"], "Stored float type.")
+
 # Evaluation and report.
 flags.DEFINE_integer("probe_images", 4, "Test images whose part contributions are reported.")
 

@@ -7,12 +7,14 @@
 import os
 
 import keras
+import tensorflow as tf
 from absl import app, logging
 
 from tools import common, evaluate
 from tools.common import FLAGS
 from tf_explainer import evaluation, training
 from tf_explainer.build import build_explainer, initialize_statistics
+from tf_explainer.cache import read_feature_cache
 from tf_explainer.tensorboard import ExplainerTensorBoard
 
 
@@ -36,6 +38,11 @@ def train(performer_dir, model_dir, objective=None):
         logging.info("Reusing the finished explainer in %s (--overwrite retrains).", saved)
         return
     train_data, test_data = common.splits(common.data_source(), performer)
+    if FLAGS.feature_cache:
+        logging.info("Training from the feature cache in %s; flip augmentation is not available "
+                     "with the cache (features were computed once, unflipped).", FLAGS.feature_cache)
+        train_data = read_feature_cache(os.path.join(FLAGS.feature_cache, "train")).shuffle(
+            4096, seed=FLAGS.seed).batch(FLAGS.batch_size).prefetch(tf.data.AUTOTUNE)
     keras.utils.set_random_seed(FLAGS.seed)
     explainer = build_explainer(performer, **explainer_options(objective))
     logging.info("Initialising explainer statistics from one pass over the training data.")
