@@ -39,13 +39,7 @@ def collect(explainer, dataset, steps=None) -> Collected:
         maps = {"target": features["target"], "part_maps": outputs["part_maps"]}
         if "top" in features:
             maps["top"] = features["top"]
-        peaks = {}
-        for key, value in maps.items():
-            flat = tf.reshape(value, [tf.shape(value)[0], -1, value.shape[-1]])
-            index = tf.argmax(flat, axis=1, output_type=tf.int32)
-            peaks[key] = (tf.stack([index // value.shape[2], index % value.shape[2]], -1),
-                          tf.reduce_max(flat, axis=1))
-        return (peaks, tf.argmax(features["scores"], -1, output_type=tf.int32),
+        return (maps, tf.argmax(features["scores"], -1, output_type=tf.int32),
                 tf.argmax(outputs["scores"], -1, output_type=tf.int32))
 
     parts = {"cells": {}, "values": {}, "landmarks": [], "labels": [], "perf": [], "recon": []}
@@ -54,10 +48,11 @@ def collect(explainer, dataset, steps=None) -> Collected:
         dataset = dataset.take(steps)
     for data in logged(dataset, "Evaluation", cardinality(dataset)):
         image_size = tuple(int(d) for d in data["image"].shape[1:3])
-        peaks, performer_pred, recon_pred = step(data)
-        for key, (cells, values) in peaks.items():
-            parts["cells"].setdefault(key, []).append(cells.numpy())
-            parts["values"].setdefault(key, []).append(values.numpy())
+        maps, performer_pred, recon_pred = step(data)
+        for key, value in maps.items():
+            cells, values = inst.map_peaks(value.numpy())
+            parts["cells"].setdefault(key, []).append(cells)
+            parts["values"].setdefault(key, []).append(values)
         parts["landmarks"].append(data["landmarks"].numpy())
         parts["labels"].append(data["label"].numpy())
         parts["perf"].append(performer_pred.numpy())

@@ -247,9 +247,10 @@ class Explainer(keras.Model):
         log_p = -self.eta * self.fusion.log_p() / num_replicas()
         filter_1 = self._filter_loss_fn(outputs["interp_1"], pos_1, self.mask_1)
         p = self.fusion.p()
-        fused = (p * tf.cast(outputs["loss_map_interp"], tf.float32) / (self.norm_interp.sigma + 1e-6)
-                 + (1 - p) * tf.stop_gradient(tf.cast(outputs["loss_map_ordin"], tf.float32)
-                                              / (self.norm_ordin.sigma + 1e-6)))
+        # Both tracks on the scale the decoder sees them (the norms, read-only here).
+        interp = tf.cast(self.norm_interp(outputs["loss_map_interp"], training=False), tf.float32)
+        ordin = tf.cast(self.norm_ordin(outputs["loss_map_ordin"], training=False), tf.float32)
+        fused = p * interp + (1 - p) * tf.stop_gradient(ordin)
         filter_2 = self._filter_loss_fn(fused, pos_2, self.mask_2)
         total = objective + log_p + self.filter_loss_weight * (filter_1 + filter_2)
         return {"loss": total, self.objective: objective, "log_p": log_p,
