@@ -130,11 +130,19 @@ def test_demo_tool_runs_on_a_manifest_folder(tmp_path):
     assert (run_dir / "explainer" / "report" / "index.html").exists()
     assert os.listdir(run_dir / "explainer" / "logs" / "probe")
     assert json.load(open(run_dir / "performer" / "performer.json"))["class_names"] == ["background", "person"]
+    assert (run_dir / "export" / "explainer" / "1" / "saved_model.pb").exists()
+    assert "SavedModel for TF Serving" in output
 
 
-def test_evaluate_reports_explainer_baseline_and_contributions(performer_dir, tmp_path):
-    explainer_dir, baseline_dir = str(tmp_path / "explainer"), str(tmp_path / "explainer_cls")
-    _tool("train_explainer", *TINY, f"--performer_dir={performer_dir}", f"--model_dir={explainer_dir}")
+@pytest.fixture(scope="module")
+def explainer_dir(performer_dir, tmp_path_factory):
+    model_dir = str(tmp_path_factory.mktemp("explainer"))
+    _tool("train_explainer", *TINY, f"--performer_dir={performer_dir}", f"--model_dir={model_dir}")
+    return model_dir
+
+
+def test_evaluate_reports_explainer_baseline_and_contributions(performer_dir, explainer_dir, tmp_path):
+    baseline_dir = str(tmp_path / "explainer_cls")
     _tool("train_explainer", *TINY, "--objective=classification", f"--performer_dir={performer_dir}",
           f"--model_dir={baseline_dir}")
     output = _tool("evaluate", *TINY, "--probe_images=3", f"--performer_dir={performer_dir}",
@@ -164,3 +172,22 @@ def test_explainer_trains_from_the_feature_cache(performer_dir, tmp_path):
     assert "flip augmentation is not available" in trained
     metrics = json.load(open(os.path.join(model_dir, "eval", "metrics.json")))["explainer"]
     assert 0 < metrics["p"] < 1 and metrics["instability_explainer"] == metrics["instability_explainer"]
+
+
+def test_export_tool_writes_numbered_versions(performer_dir, explainer_dir, tmp_path):
+    base = tmp_path / "models"
+    args = [f"--performer_dir={performer_dir}", f"--model_dir={explainer_dir}", f"--export_base={base}",
+            "--model_name=parts"]
+    assert f"Exported {base}/parts/1" in _tool("export", *args)
+    assert f"Exported {base}/parts/2" in _tool("export", *args)
+    assert sorted(os.listdir(base / "parts")) == ["1", "2"]
+    env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    again = subprocess.run([sys.executable, "-m", "tools.export", *args, "--version=2"], cwd=ROOT,
+                           env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode != 0 and "exists" in again.stderr
+    import tensorflow as tf
+    loaded = tf.saved_model.load(str(base / "parts" / "2"))
+    out = loaded.signatures["serving_default"](image=tf.zeros([1, 50, 60, 3], tf.uint8))
+    class_names = json.load(open(os.path.join(performer_dir, "performer.json")))["class_names"]
+    assert out["probabilities"].shape == (1, len(class_names))
+    assert open(base / "parts" / "2" / "assets" / "class_names.txt").read().split() == class_names

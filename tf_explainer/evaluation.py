@@ -102,13 +102,19 @@ def part_contributions(explainer, images, class_index=None):
     if class_index is None:
         class_index = tf.argmax(features["scores"], axis=-1, output_type=tf.int32)
     class_index = tf.broadcast_to(tf.cast(class_index, tf.int32), [tf.shape(images)[0]])
+    return contributions(explainer, outputs, class_index).numpy()
+
+
+def contributions(explainer, outputs, class_index):
+    """Tensor core of part_contributions (graph-safe, used by the SavedModel export):
+    `outputs` of explainer(target), class_index [B] int32 -> [B, F]."""
     x_interp = outputs["x_interp"]
     with tf.GradientTape() as tape:
         tape.watch(x_interp)
         scores = explainer.decode(x_interp, outputs["x_ordin"])["scores"]
         chosen = tf.gather(scores, class_index, axis=1, batch_dims=1)
     gradient = tape.gradient(chosen, x_interp)
-    return tf.reduce_sum(gradient * x_interp, axis=[1, 2]).numpy()
+    return tf.reduce_sum(gradient * x_interp, axis=[1, 2])
 
 
 def evaluate(explainer, dataset, geometries, steps=None, top_k=100) -> dict:

@@ -142,11 +142,10 @@ def _graph_tensor(tensor):
 def _performer_from_top(taps):
     """The performer's layers from its top conv map to its scores, cut out of its own graph.
 
-    The taps model's "top" output is traced back through the tap models to the performer's
-    tensor, so the cut model shares the performer's layers and weights.
+    The taps model's "top" and "scores" outputs are traced back through the tap models to the
+    performer's tensors, so the cut model shares the performer's layers and weights.
     """
-    performer = taps.output["scores"]._keras_history.operation
-    return keras.Model(_graph_tensor(taps.output["top"]), performer.outputs[0],
+    return keras.Model(_graph_tensor(taps.output["top"]), _graph_tensor(taps.output["scores"]),
                        name="performer_from_top")
 
 

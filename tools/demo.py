@@ -1,4 +1,5 @@
-"""The end-to-end job on the embedded default: performer, explainer, measurements, summary.
+"""The end-to-end job on the embedded default: performer, explainer, measurements, report,
+SavedModel export, summary.
 
   python -m tools.demo --flagfile=configs/demo.flags      (what `make demo` runs)
 """
@@ -8,7 +9,7 @@ import os
 
 from absl import app, flags
 
-from tools import common, evaluate, report, train_explainer, train_performer
+from tools import common, evaluate, export, report, train_explainer, train_performer
 from tools.common import FLAGS
 
 flags.DEFINE_string("run_dir", "runs/demo", "Where the demo writes everything.")
@@ -28,6 +29,7 @@ def main(argv):
     train_explainer.train(performer_dir, baseline_dir, objective="classification")
     metrics = evaluate.evaluate_dirs(performer_dir, explainer_dir, baseline_dir)["explainer"]
     report_path = report.write(performer_dir, explainer_dir)
+    export_path = export.export(performer_dir, explainer_dir, os.path.join(FLAGS.run_dir, "export"))
     summary = {key: metrics[key] for key in SUMMARY_KEYS if key in metrics}
     summary["wall_seconds"] = clock.seconds()
     path = os.path.join(FLAGS.run_dir, "summary.json")
@@ -44,6 +46,7 @@ def main(argv):
             print(f"  location instability     {summary[key]:.4f}  {label}")
     print(f"  evaluation (with the Explainer+cls baseline): {explainer_dir}/eval/summary.txt")
     print(f"  part report: {report_path}")
+    print(f"  SavedModel for TF Serving: {export_path}  (serve it: serving/README.md)")
     print(f"\nInspect training in TensorBoard:\n  .venv/bin/tensorboard --logdir {FLAGS.run_dir}\n")
 
 

@@ -71,8 +71,9 @@ def _call_inputs(model: keras.Model, container: keras.Model):
     raise LayerNotFoundError(f"Nested model {container.name!r} is not called in {model.name!r}.")
 
 
-def _tap(model: keras.Model, paths: Sequence[list], inputs) -> list:
-    """Symbolic outputs of the layers at `paths`, computed from `inputs` of `model`."""
+def _tap(model: keras.Model, paths: Sequence[list], inputs, extra_outputs=()) -> list:
+    """Symbolic outputs of the layers at `paths`, then `extra_outputs` (symbolic tensors of
+    `model`'s own graph), computed from `inputs` of `model` in one pass."""
     direct = [i for i, p in enumerate(paths) if len(p) == 1]
     nested = {}
     for i, p in enumerate(paths):
@@ -84,25 +85,30 @@ def _tap(model: keras.Model, paths: Sequence[list], inputs) -> list:
         sub_inputs = _call_inputs(model, container)
         graph_outputs.extend(_tap(container, [paths[i][1:] for i in indices], sub_inputs))
     order = direct + [i for indices in nested.values() for i in indices]
-    taps = keras.Model(model.inputs, graph_outputs)(inputs)
+    taps = keras.Model(model.inputs, graph_outputs + list(extra_outputs))(inputs)
     if not isinstance(taps, (list, tuple)):
         taps = [taps]
     result = [None] * len(paths)
     for i, tensor in zip(order, taps):
         result[i] = tensor
-    return result
+    return result + list(taps[len(graph_outputs):])
 
 
-def tap_model(model: keras.Model, names: dict, name: str = "performer_taps") -> keras.Model:
-    """A model from the performer's input to a dict {key: output of layer names[key]}.
+def tap_model(model: keras.Model, names: dict, name: str = "performer_taps",
+              outputs_key: Optional[str] = None) -> keras.Model:
+    """A model from the performer's input to a dict {key: output of layer names[key]}, plus
+    {outputs_key: the model's own output} when outputs_key is given.
 
     Layers inside nested Functional models are reached through the inputs the nested model
-    was called on, so the performer's own weights are shared, never copied.
+    was called on, so the performer's own weights are shared, never copied, and the whole dict
+    comes from one forward pass.
     """
     keys = list(names)
     paths = [layer_path(model, names[k]) for k in keys]
     inputs = keras.Input(model.inputs[0].shape[1:], dtype=model.inputs[0].dtype, name="image")
-    outputs = _tap(model, paths, inputs)
+    if outputs_key is not None:
+        keys.append(outputs_key)
+    outputs = _tap(model, paths, inputs, model.outputs[:1] if outputs_key is not None else ())
     return keras.Model(inputs, dict(zip(keys, outputs)), name=name)
 
 
@@ -184,10 +190,7 @@ class Performer:
         names.update({f"recon_{i}": n for i, n in enumerate(self.reconstruct_layers)})
         if self.top_conv_output_layer:
             names["top"] = self.top_conv_output_layer
-        image = keras.Input(self.model.inputs[0].shape[1:], name="image")
-        outputs = dict(tap_model(self.model, names)(image))
-        outputs["scores"] = self.model(image)
-        return keras.Model(image, outputs, name="performer_taps")
+        return tap_model(self.model, names, outputs_key="scores")
 
     def head(self) -> keras.Model:
         """The frozen head: last reconstructed output -> class scores."""
