@@ -98,23 +98,21 @@ def part_contributions(explainer, images, class_index=None):
     None for the performer's prediction. Returns float32 [B, F] (F = conv-interp-2 filters).
     """
     features = explainer.performer_features(images)
-    outputs = explainer(features["target"], training=False)
     if class_index is None:
         class_index = tf.argmax(features["scores"], axis=-1, output_type=tf.int32)
     class_index = tf.broadcast_to(tf.cast(class_index, tf.int32), [tf.shape(images)[0]])
-    return contributions(explainer, outputs, class_index).numpy()
+    return explain_with_contributions(explainer, features["target"], class_index)[1].numpy()
 
 
-def contributions(explainer, outputs, class_index):
-    """Tensor core of part_contributions (graph-safe, used by the SavedModel export):
-    `outputs` of explainer(target), class_index [B] int32 -> [B, F]."""
-    x_interp = outputs["x_interp"]
+def explain_with_contributions(explainer, target, class_index):
+    """(explainer outputs, part contributions [B, F]) from one forward pass (graph-safe; the
+    SavedModel export uses it): the gradient is taken at the pass's own x_interp."""
     with tf.GradientTape() as tape:
-        tape.watch(x_interp)
-        scores = explainer.decode(x_interp, outputs["x_ordin"])["scores"]
-        chosen = tf.gather(scores, class_index, axis=1, batch_dims=1)
-    gradient = tape.gradient(chosen, x_interp)
-    return tf.reduce_sum(gradient * x_interp, axis=[1, 2])
+        tape.watch(target)
+        outputs = explainer(target, training=False)
+        chosen = tf.gather(outputs["scores"], class_index, axis=1, batch_dims=1)
+    gradient = tape.gradient(chosen, outputs["x_interp"])
+    return outputs, tf.reduce_sum(gradient * outputs["x_interp"], axis=[1, 2])
 
 
 def evaluate(explainer, dataset, geometries, steps=None, top_k=100) -> dict:

@@ -52,6 +52,10 @@ class Explainer(keras.Model):
         trained with cross-entropy of the head on the explainer's output against each image's
         category instead of reconstructing the performer's layers.
       scores_are_logits: whether the head emits logits (for the classification objective).
+      layer_dtype: dtype policy of the convs and the decoder, e.g. "mixed_bfloat16"; default: the
+        global policy when the explainer is built. The model itself (masks and templates, norms,
+        fusion weight p, losses, every output) computes in float32. mixed_float16 needs loss
+        scaling: compile with a keras.optimizers.LossScaleOptimizer (training.train_explainer does).
     """
 
     def __init__(self, target_shape, reconstruct_dims, head, interp_filters, part_filters,
@@ -60,7 +64,10 @@ class Explainer(keras.Model):
                  category_source="prediction", negative_class=None, decoder_activations=None,
                  norm_momentum=0.9, norm_positives_only=True, assignment_momentum=0.9,
                  fusion_logit_scale=1.0, objective="reconstruction", scores_are_logits=True,
-                 **kwargs):
+                 layer_dtype=None, **kwargs):
+        # float32 model: Keras reads variables in the model's compute dtype inside its call, and
+        # p (read there, and served) must not be rounded to 16 bits.
+        kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         if pool_position not in POOL_POSITIONS:
             raise ValueError(f"pool_position must be one of {POOL_POSITIONS}, got {pool_position!r}.")
@@ -95,23 +102,28 @@ class Explainer(keras.Model):
         self.fusion_logit_scale = float(fusion_logit_scale)
         self.objective = objective
         self.scores_are_logits = bool(scores_are_logits)
+        self.layer_dtype = keras.dtype_policies.get(layer_dtype or keras.mixed_precision.global_policy())
         self._performer = _Untracked(None)
 
-        conv = dict(padding="same", activation="relu")
+        # Masks (templates, peaks), norms and the fusion stay float32: they hold the moving
+        # statistics and feed the filter loss.
+        conv = dict(padding="same", activation="relu", dtype=self.layer_dtype)
+        exact = dict(dtype="float32")
         self.conv_interp_1 = keras.layers.Conv2D(interp_filters, kernel_size, name="conv_interp_1", **conv)
-        self.mask_1 = PartMask(template_form, centre, name="mask_1")
+        self.mask_1 = PartMask(template_form, centre, name="mask_1", **exact)
         self.conv_interp_2 = keras.layers.Conv2D(part_filters, 3, name="conv_interp_2", **conv)
-        self.mask_2 = PartMask(template_form, centre, name="mask_2")
+        self.mask_2 = PartMask(template_form, centre, name="mask_2", **exact)
         self.conv_ordin = keras.layers.Conv2D(part_filters, 3, name="conv_ordin", **conv)
         self.pool_interp = self._pool_copy("pool_interp")
         self.pool_ordin = self._pool_copy("pool_ordin")
         self.norm_interp = ChannelNorm(norm_momentum, positives_only=norm_positives_only,
-                                       name="norm_interp")
+                                       name="norm_interp", **exact)
         self.norm_ordin = ChannelNorm(norm_momentum, positives_only=norm_positives_only,
-                                      name="norm_ordin")
-        self.fusion = TrackFusion(fusion_logit_scale, name="fusion")
-        self.flatten = keras.layers.Flatten(name="flatten")
-        self.decoder = [keras.layers.Dense(d, activation=a, name=f"fc_dec_{i + 1}")
+                                      name="norm_ordin", **exact)
+        self.fusion = TrackFusion(fusion_logit_scale, name="fusion", **exact)
+        self.flatten = keras.layers.Flatten(name="flatten", dtype=self.layer_dtype)
+        self.decoder = [keras.layers.Dense(d, activation=a, name=f"fc_dec_{i + 1}",
+                                           dtype=self.layer_dtype)
                         for i, (d, a) in enumerate(zip(self.reconstruct_dims, self.decoder_activations))]
         self.reconstruction_weights = self.add_weight(
             name="reconstruction_weights", shape=(len(self.reconstruct_dims),),
@@ -142,11 +154,16 @@ class Explainer(keras.Model):
         return outputs
 
     def part_stage(self, x0, positive=None, training=None):
-        """conv-interp-1 -> mask -> conv-interp-2 (the part maps) and conv-ordin, on x0."""
+        """conv-interp-1 -> mask -> conv-interp-2 (the part maps) and conv-ordin, on x0.
+
+        The maps are float32 whatever the dtype policy (mixed precision stays inside the convs),
+        so masks, losses, evaluation and the served outputs read float32."""
         pos_1 = None if positive is None else positive[0]
-        interp_1 = self.conv_interp_1(x0)
-        part_maps = self.conv_interp_2(self.mask_1(interp_1, positive=pos_1, training=training))
-        return {"interp_1": interp_1, "part_maps": part_maps, "ordin": self.conv_ordin(x0)}
+        interp_1 = tf.cast(self.conv_interp_1(x0), tf.float32)
+        part_maps = tf.cast(self.conv_interp_2(self.mask_1(interp_1, positive=pos_1, training=training)),
+                            tf.float32)
+        return {"interp_1": interp_1, "part_maps": part_maps,
+                "ordin": tf.cast(self.conv_ordin(x0), tf.float32)}
 
     def from_part_maps(self, part_maps, ordin, positive=None, training=None):
         """Everything after the part maps: mask and pool (in `pool_position` order), norms,
@@ -173,9 +190,10 @@ class Explainer(keras.Model):
         h = self.flatten(self.fusion([x_interp, x_ordin]))
         reconstructions = []
         for dense in self.decoder:
-            h = dense(h)
+            h = tf.cast(dense(h), tf.float32)
             reconstructions.append(h)
-        return {"reconstructions": reconstructions, "scores": self.head(h), "p": self.fusion.p()}
+        return {"reconstructions": reconstructions, "scores": tf.cast(self.head(h), tf.float32),
+                "p": self.fusion.p()}
 
     @staticmethod
     def _pool(layer, x):
@@ -257,6 +275,12 @@ class Explainer(keras.Model):
                 "filter_interp_1": filter_1, "filter_interp_2": filter_2}
 
     # ---- steps ---------------------------------------------------------------------------
+    @property
+    def needs_loss_scaling(self):
+        """float16 layers need a keras.optimizers.LossScaleOptimizer (Keras' compile adds one only
+        when the model's own policy is mixed_float16; this model's is float32)."""
+        return self.layer_dtype.name == "mixed_float16"
+
     def attach_performer(self, taps):
         """Lets batches carry images: `taps` (Performer.taps()) computes the features in-step."""
         self._performer = _Untracked(taps)
@@ -294,14 +318,20 @@ class Explainer(keras.Model):
         return {name: tracker.result() for name, tracker in self._trackers.items()}
 
     def train_step(self, data):
+        if self.needs_loss_scaling and not isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
+            raise ValueError("An explainer with mixed_float16 layers needs loss scaling: compile it with "
+                             "keras.optimizers.LossScaleOptimizer(optimizer) (training.train_explainer "
+                             "does).")
         batch = self.features(data)
         categories = self.image_categories(batch)
         positive = self.positives(categories)
         with tf.GradientTape() as tape:
             outputs = self(batch["target"], positive=positive, training=True)
             losses = self.compute_losses(batch, outputs, positive)
+            # Loss scaling under mixed_float16 (a LossScaleOptimizer); identity otherwise.
+            scaled_loss = self.optimizer.scale_loss(losses["loss"])
         variables = self.trainable_variables
-        gradients = tape.gradient(losses["loss"], variables)
+        gradients = tape.gradient(scaled_loss, variables)
         self.optimizer.apply_gradients(zip(gradients, variables))
         self._update_assignment(self.assignment_1, outputs["interp_1"], categories)
         self._update_assignment(self.assignment_2, outputs["part_maps"], categories)
@@ -334,4 +364,4 @@ class Explainer(keras.Model):
                 "norm_momentum": self.norm_momentum, "norm_positives_only": self.norm_positives_only,
                 "assignment_momentum": self.assignment_momentum,
                 "fusion_logit_scale": self.fusion_logit_scale, "objective": self.objective,
-                "scores_are_logits": self.scores_are_logits}
+                "scores_are_logits": self.scores_are_logits, "layer_dtype": self.layer_dtype.name}

@@ -24,7 +24,7 @@ import tensorflow as tf
 from absl import logging
 from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
-from tf_explainer.evaluation import contributions, performer_geometries
+from tf_explainer.evaluation import explain_with_contributions, performer_geometries
 
 SIGNATURES = ("serving_default", "classify", "image_bytes")
 EXPLANATION_OUTPUTS = ("probabilities", "classes", "part_maps", "part_peaks", "part_scores",
@@ -81,16 +81,16 @@ class ExplanationGraph:
         """Outputs of serving_default from images already at the input size ([B, 2] original
         sizes for the peak positions)."""
         features = self.taps(self.performer.preprocess(resized), training=False)
-        outputs = self.explainer(features["target"], training=False)
         result = self._probabilities(features["scores"])
+        outputs, contributions = explain_with_contributions(
+            self.explainer, features["target"], tf.cast(result["classes"], tf.int32))
         part_maps = tf.cast(outputs["part_maps"], tf.float32)
         batch = tf.shape(part_maps)[0]
         result.update({
             "part_maps": part_maps,
             "part_peaks": peak_positions(part_maps, self.geometry, self.input_size, image_sizes),
             "part_scores": tf.reduce_max(part_maps, axis=[1, 2]),
-            "part_contributions": tf.cast(contributions(
-                self.explainer, outputs, tf.cast(result["classes"], tf.int32)), tf.float32),
+            "part_contributions": tf.cast(contributions, tf.float32),
             "p": tf.fill([batch], tf.cast(outputs["p"], tf.float32))})
         return result
 

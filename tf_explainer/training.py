@@ -1,34 +1,35 @@
 """Training loops for the performer and the explainer, resumable after a crash.
 
-Both keep a backup each epoch (keras.callbacks.BackupAndRestore), so rerunning the same command
-after the process is killed resumes from the last finished epoch. A finished run leaves its final
-model in the model directory and is not retrained unless asked.
+Both train with `fit`: model.fit with a per-epoch backup (keras.callbacks.BackupAndRestore), or,
+under MultiWorkerMirroredStrategy where model.fit fails in Keras 3.15 (keras issue 20585), a
+custom loop (`custom_fit`) that runs the model's own train_step in strategy.run and checkpoints
+every epoch. Either way, rerunning the same command after the process is killed resumes from the
+last finished epoch. A finished run leaves its final model in the model directory and is not
+retrained unless asked. Models are trained under the strategy they were built in
+(model.distribute_strategy); only the chief writes into the model directory.
 """
 
 import json
 import os
+import shutil
 
 import keras
 import tensorflow as tf
 from absl import logging
 
 from tf_explainer.performers import Performer, build_performer
-from tf_explainer.progress import cardinality
+from tf_explainer.progress import cardinality, logged
+from tf_explainer.strategy import is_chief, writable_dir
 
 PERFORMER_FILE = "performer.keras"
 PERFORMER_DESCRIPTION = "performer.json"
 EXPLAINER_FILE = "explainer.keras"
+BACKUP_DIR = "backup"
 
 
 def log_dir(model_dir):
     """Where a model directory's TensorBoard logs go (Keras' runs and the explainer's probe)."""
     return os.path.join(model_dir, "logs")
-
-
-def _callbacks(model_dir, extra=()):
-    return [keras.callbacks.BackupAndRestore(os.path.join(model_dir, "backup")),
-            keras.callbacks.TensorBoard(log_dir(model_dir)),
-            *extra]
 
 
 def _image_label(batch):
@@ -40,26 +41,139 @@ def steps_per_epoch(dataset):
     return cardinality(dataset) or sum(1 for _ in dataset)
 
 
+def uses_custom_loop(strategy):
+    """Whether `fit` trains with `custom_fit`: model.fit fails under MultiWorkerMirroredStrategy."""
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+
+
+def fit(model, train, validation, epochs, model_dir, callbacks=(), verbose=2):
+    """Trains a compiled model for `epochs` with TensorBoard logs in log_dir(model_dir),
+    resuming from its backup in model_dir. Returns the history {name: [value per epoch]}."""
+    callbacks = [keras.callbacks.TensorBoard(log_dir(model_dir)), *callbacks]
+    backup = os.path.join(model_dir, BACKUP_DIR)
+    if uses_custom_loop(model.distribute_strategy):
+        return custom_fit(model, train, validation, epochs, backup, callbacks)
+    history = model.fit(train, validation_data=validation, epochs=epochs, verbose=verbose,
+                        callbacks=[keras.callbacks.BackupAndRestore(backup), *callbacks])
+    return {k: [float(v) for v in vs] for k, vs in history.history.items()}
+
+
+def _distribute(dataset, strategy):
+    """Splits each global batch over the replicas. DATA sharding: every worker reads the same
+    pipeline and keeps its share of each batch, so a step sees the same images as on one device."""
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return strategy.experimental_distribute_dataset(dataset.with_options(options))
+
+
+def _replicated(step, dataset, strategy):
+    """`step` (train_step or test_step) on every replica's slice of a distributed batch."""
+    @tf.function(input_signature=[dataset.element_spec])
+    def run(batch):
+        strategy.run(step, args=(batch,))
+    return run
+
+
+def _run_epoch(model, step, dataset, title, total):
+    """One pass of `step` over `dataset` (progress logged as `title`); returns the model's
+    metrics over the pass."""
+    model.reset_metrics()
+    for batch in logged(dataset, title, total):
+        step(batch)
+    # Metric variables are synchronised on read: every worker reads them (a collective op).
+    return {name: float(value) for name, value in model.get_metrics_result().items()}
+
+
+def _save_checkpoint(checkpoint, backup, strategy, number):
+    with writable_dir(backup, strategy) as folder:
+        tf.train.CheckpointManager(checkpoint, folder, max_to_keep=1).save(checkpoint_number=number)
+
+
+def custom_fit(model, train, validation, epochs, backup, callbacks=()):
+    """model.fit's job as a loop over strategy.run(model.train_step), for any strategy.
+
+    After each epoch the model, its optimizer and the epoch count are checkpointed in `backup`
+    (by the chief; see strategy.writable_dir); a rerun restores the latest checkpoint and goes on
+    with the next epoch; the backup is deleted when training ends, as BackupAndRestore does. With
+    several workers, `backup` must be on storage every worker reads (the chief's checkpoint is
+    what they all resume from). `callbacks` get the epoch-level hooks with the epoch's logs
+    (validation ones prefixed "val_") and run on the chief only. Returns the history.
+    """
+    strategy = model.distribute_strategy
+    first_batch = next(iter(train), None)
+    if first_batch is None:
+        raise ValueError("custom_fit got an empty training dataset (fewer examples than one batch "
+                         "when the last partial batch is dropped?).")
+    with strategy.scope():
+        # What model.fit does before tracing: compile metrics, loss and optimizer variables
+        # must exist before the step function is traced (creating them in it fails).
+        model._symbolic_build(data_batch=first_batch)
+        epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer, epoch=epoch)
+    latest = tf.train.latest_checkpoint(backup)
+    if latest:
+        checkpoint.restore(latest).assert_existing_objects_matched()
+        logging.info("Resuming from %s: %d of %d epochs done.", latest, int(epoch.numpy()), epochs)
+    train_data = _distribute(train, strategy)
+    train_step = _replicated(model.train_step, train_data, strategy)
+    if validation is not None:
+        validation_data = _distribute(validation, strategy)
+        test_step = _replicated(model.test_step, validation_data, strategy)
+    callback_list = keras.callbacks.CallbackList(list(callbacks) if is_chief(strategy) else [],
+                                                 model=model)
+    history, logs = {}, {}
+    callback_list.on_train_begin()
+    for index in range(int(epoch.numpy()), epochs):
+        callback_list.on_epoch_begin(index)
+        logs = _run_epoch(model, train_step, train_data, f"Epoch {index + 1}/{epochs}",
+                          cardinality(train))
+        if validation is not None:
+            logs.update({f"val_{name}": value for name, value in _run_epoch(
+                model, test_step, validation_data, "Validation", cardinality(validation)).items()})
+        epoch.assign(index + 1)
+        _save_checkpoint(checkpoint, backup, strategy, index + 1)
+        logging.info("Epoch %d/%d: %s", index + 1, epochs,
+                     " - ".join(f"{name} {value:.4g}" for name, value in logs.items()))
+        callback_list.on_epoch_end(index, logs)
+        for name, value in logs.items():
+            history.setdefault(name, []).append(value)
+    callback_list.on_train_end(logs)
+    if is_chief(strategy):
+        shutil.rmtree(backup, ignore_errors=True)
+    return history
+
+
+def save_model(model, model_dir, filename):
+    """model.save(<model_dir>/<filename>) by the chief; other workers save to a temporary folder."""
+    with writable_dir(model_dir, model.distribute_strategy) as folder:
+        model.save(os.path.join(folder, filename))
+    return os.path.join(model_dir, filename)
+
+
 def train_performer(performer: Performer, train, test, model_dir, epochs, learning_rate=1e-3,
                     verbose=2):
-    """Fits the performer on batches of {"image", "label"}: cross-entropy, Adam, cosine decay."""
-    os.makedirs(model_dir, exist_ok=True)
+    """Fits the performer on batches of {"image", "label"}: cross-entropy, Adam, cosine decay.
+
+    Build the performer inside the strategy's scope; it is compiled in that scope here."""
     model = performer.model
     model.trainable = True
     schedule = keras.optimizers.schedules.CosineDecay(learning_rate, epochs * steps_per_epoch(train))
-    model.compile(optimizer=keras.optimizers.Adam(schedule),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=performer.scores_are_logits),
-                  metrics=["accuracy"])
-    history = model.fit(train.map(_image_label), validation_data=test.map(_image_label),
-                        epochs=epochs, callbacks=_callbacks(model_dir), verbose=verbose)
+    with model.distribute_strategy.scope():
+        model.compile(optimizer=keras.optimizers.Adam(schedule),
+                      loss=keras.losses.SparseCategoricalCrossentropy(
+                          from_logits=performer.scores_are_logits),
+                      metrics=["accuracy"])
+    history = fit(model, train.map(_image_label), test.map(_image_label), epochs, model_dir,
+                  verbose=verbose)
     model.trainable = False
-    return {k: [float(v) for v in vs] for k, vs in history.history.items()}
+    return history
 
 
 def save_performer(performer: Performer, model_dir, builtin):
     """Writes the performer's weights and what is needed to rebuild its description."""
-    os.makedirs(model_dir, exist_ok=True)
-    performer.model.save(os.path.join(model_dir, PERFORMER_FILE))
+    save_model(performer.model, model_dir, PERFORMER_FILE)
+    if not is_chief(performer.model.distribute_strategy):
+        return
     with open(os.path.join(model_dir, PERFORMER_DESCRIPTION), "w") as f:
         json.dump({"builtin": builtin, "class_names": list(performer.class_names),
                    "input_size": list(performer.input_size)}, f, indent=2)
@@ -108,14 +222,18 @@ def make_optimizer(name, learning_rate, final_learning_rate=None, decay_steps=1,
 
 def train_explainer(explainer, train, test, model_dir, epochs, optimizer, verbose=2,
                     callbacks=()):
-    """Fits the explainer (custom train_step) and saves it as explainer.keras."""
-    os.makedirs(model_dir, exist_ok=True)
-    explainer.compile(optimizer=optimizer)
-    history = explainer.fit(train, validation_data=test, epochs=epochs,
-                            callbacks=_callbacks(model_dir, callbacks), verbose=verbose)
-    explainer.save(os.path.join(model_dir, EXPLAINER_FILE))
-    logging.info("Saved the explainer to %s", os.path.join(model_dir, EXPLAINER_FILE))
-    return {k: [float(v) for v in vs] for k, vs in history.history.items()}
+    """Trains the explainer (custom train_step) and saves it as explainer.keras.
+
+    Build the explainer and create `optimizer` inside the strategy's scope; the explainer is
+    compiled in that scope here, with loss scaling when its layers are mixed_float16."""
+    with explainer.distribute_strategy.scope():
+        if explainer.needs_loss_scaling and not isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+        explainer.compile(optimizer=optimizer)
+    history = fit(explainer, train, test, epochs, model_dir, callbacks, verbose)
+    path = save_model(explainer, model_dir, EXPLAINER_FILE)
+    logging.info("Saved the explainer to %s", path)
+    return history
 
 
 def load_explainer(model_dir, performer: Performer):

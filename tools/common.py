@@ -13,6 +13,7 @@ from tf_explainer.data import batches, manifest_source, synthetic_source
 from tf_explainer.explainer import CATEGORY_SOURCES, POOL_POSITIONS
 from tf_explainer.filter_loss import registered_filter_losses
 from tf_explainer.performers import PERFORMERS
+from tf_explainer.strategy import PRECISIONS, STRATEGIES, make_strategy
 from tf_explainer.templates import FORMS
 
 FLAGS = flags.FLAGS
@@ -66,8 +67,18 @@ flags.DEFINE_enum("cache_dtype", "float32", ["float32", "bfloat16"], "Stored flo
 # Evaluation and report.
 flags.DEFINE_integer("probe_images", 4, "Test images whose part contributions are reported.")
 
+# Scaling out (both training tools).
+flags.DEFINE_enum("strategy", "default", STRATEGIES,
+                  "tf.distribute strategy: default (none), one_device, mirrored (this machine's GPUs), "
+                  "multi_worker (the cluster in TF_CONFIG; custom training loop) or tpu (see --tpu).")
+flags.DEFINE_string("tpu", None, "For --strategy=tpu: TPU name, grpc://host:port or 'local' (TPU VM); "
+                    "unset: found from the environment.")
+flags.DEFINE_enum("mixed_precision", "none", PRECISIONS,
+                  "Keras mixed-precision policy of the trained network; variables, statistics and "
+                  "losses stay float32.")
+
 # Both.
-flags.DEFINE_integer("batch_size", 64, "Global batch size.")
+flags.DEFINE_integer("batch_size", 64, "Global batch size (split over the strategy's replicas).")
 flags.DEFINE_string("model_dir", None, "Where the tool writes its model, logs and flags.")
 flags.DEFINE_boolean("overwrite", False, "Retrain even when the model directory holds a finished model.")
 
@@ -84,13 +95,27 @@ def data_source():
                             seed=FLAGS.seed, category=FLAGS.category)
 
 
-def splits(source, performer, training_flip=True):
+@functools.lru_cache(maxsize=1)
+def strategy():
+    """The strategy the flags name; created once per process (multi_worker must be created before
+    any other TensorFlow work, and only once; the demo trains several models in one process)."""
+    return make_strategy(FLAGS.strategy, tpu=FLAGS.tpu)
+
+
+def drop_remainder():
+    """Whether the training tools drop each epoch's last partial batch: yes with several replicas,
+    where it could leave a replica an empty slice, which TF 2.21's oneDNN CPU convolution
+    mishandles (it returns the input's shape) and training fails."""
+    return strategy().num_replicas_in_sync > 1
+
+
+def splits(source, performer, training_flip=True, drop_remainder=False):
     """(train, test) batches for `performer`'s input size and preprocessing."""
     train = batches(source.examples("train", performer.input_size), performer.preprocess,
                     FLAGS.batch_size, training=True, seed=FLAGS.seed, flip=training_flip,
-                    landmark_names=source.landmark_names)
+                    landmark_names=source.landmark_names, drop_remainder=drop_remainder)
     test = batches(source.examples("test", performer.input_size), performer.preprocess,
-                   FLAGS.batch_size, training=False)
+                   FLAGS.batch_size, training=False, drop_remainder=drop_remainder)
     return train, test
 
 

@@ -11,6 +11,7 @@ from absl import app, flags
 
 from tools import common, evaluate, export, report, train_explainer, train_performer
 from tools.common import FLAGS
+from tf_explainer.strategy import is_chief
 
 flags.DEFINE_string("run_dir", "runs/demo", "Where the demo writes everything.")
 
@@ -27,6 +28,8 @@ def main(argv):
     train_performer.train(performer_dir)
     train_explainer.train(performer_dir, explainer_dir)
     train_explainer.train(performer_dir, baseline_dir, objective="classification")
+    if not is_chief(common.strategy()):  # under multi_worker the other workers only train
+        return
     metrics = evaluate.evaluate_dirs(performer_dir, explainer_dir, baseline_dir)["explainer"]
     report_path = report.write(performer_dir, explainer_dir)
     export_path = export.export(performer_dir, explainer_dir, os.path.join(FLAGS.run_dir, "export"))

@@ -15,6 +15,7 @@ from tools.common import FLAGS
 from tf_explainer import evaluation, training
 from tf_explainer.build import build_explainer, initialize_statistics
 from tf_explainer.cache import read_feature_cache
+from tf_explainer.strategy import is_chief, precision_policy
 from tf_explainer.tensorboard import ExplainerTensorBoard
 
 
@@ -30,26 +31,34 @@ def explainer_options(objective=None):
 def train(performer_dir, model_dir, objective=None):
     """Builds, initialises and trains an explainer, unless model_dir holds a finished one.
 
-    objective overrides --objective (the demo trains the Explainer+cls baseline with it)."""
-    common.write_flags(model_dir)
-    performer = training.load_performer(performer_dir)
+    objective overrides --objective (the demo trains the Explainer+cls baseline with it).
+    The performer and the explainer are built in --strategy's scope; the explainer (not the frozen
+    performer, whose features stay exact) under the --mixed_precision policy."""
+    strategy = common.strategy()  # first: multi_worker needs it before any other TensorFlow work
+    if is_chief(strategy):
+        common.write_flags(model_dir)
+    with strategy.scope():
+        performer = training.load_performer(performer_dir)
     saved = os.path.join(model_dir, training.EXPLAINER_FILE)
     if os.path.exists(saved) and not FLAGS.overwrite:
         logging.info("Reusing the finished explainer in %s (--overwrite retrains).", saved)
         return
-    train_data, test_data = common.splits(common.data_source(), performer)
+    train_data, test_data = common.splits(common.data_source(), performer,
+                                          drop_remainder=common.drop_remainder())
     if FLAGS.feature_cache:
         logging.info("Training from the feature cache in %s; flip augmentation is not available "
                      "with the cache (features were computed once, unflipped).", FLAGS.feature_cache)
         train_data = read_feature_cache(os.path.join(FLAGS.feature_cache, "train")).shuffle(
-            4096, seed=FLAGS.seed).batch(FLAGS.batch_size).prefetch(tf.data.AUTOTUNE)
+            4096, seed=FLAGS.seed).batch(FLAGS.batch_size, drop_remainder=common.drop_remainder())
+        train_data = train_data.prefetch(tf.data.AUTOTUNE)
     keras.utils.set_random_seed(FLAGS.seed)
-    explainer = build_explainer(performer, **explainer_options(objective))
+    with strategy.scope(), precision_policy(FLAGS.mixed_precision):
+        explainer = build_explainer(performer, **explainer_options(objective))
+        optimizer = training.make_optimizer(
+            FLAGS.optimizer, FLAGS.learning_rate, FLAGS.final_learning_rate,
+            decay_steps=FLAGS.decay_epochs * training.steps_per_epoch(train_data))
     logging.info("Initialising explainer statistics from one pass over the training data.")
     initialize_statistics(explainer, train_data)
-    optimizer = training.make_optimizer(
-        FLAGS.optimizer, FLAGS.learning_rate, FLAGS.final_learning_rate,
-        decay_steps=FLAGS.decay_epochs * training.steps_per_epoch(train_data))
     probe = ExplainerTensorBoard(
         training.log_dir(model_dir), next(iter(test_data)), evaluation.performer_geometries(performer),
         hparams={"learning_rate": FLAGS.learning_rate, "optimizer": FLAGS.optimizer,
@@ -63,7 +72,8 @@ def main(argv):
     if not (FLAGS.model_dir and FLAGS.performer_dir):
         raise app.UsageError("--model_dir and --performer_dir are required.")
     train(FLAGS.performer_dir, FLAGS.model_dir)
-    print(evaluation.summary_text(evaluate.evaluate_dirs(FLAGS.performer_dir, FLAGS.model_dir)))
+    if is_chief(common.strategy()):  # the other workers of a cluster only train
+        print(evaluation.summary_text(evaluate.evaluate_dirs(FLAGS.performer_dir, FLAGS.model_dir)))
 
 
 def run():
