@@ -1,91 +1,59 @@
-"""`make bench`: explainer training throughput on the default performer (JSON output).
+"""`make bench`: runs the benchmarks and writes one JSON file per benchmark under --output_dir.
 
-Writes benchmarks/results/training.json: images/s per filter loss with features computed in-step,
-and one epoch trained from images vs from the feature cache (`cache_speedup`). Random weights are
-enough: the cost of a step does not depend on what the weights have learned.
+  python -m benchmarks.run                  # everything
+  python -m benchmarks.run --only=training  # one results file
+
+training.json: explainer training speed (benchmarks/training.py documents every key).
+serving.json: latency of the exported signatures through REST and gRPC against the contract
+double (benchmarks/serving.py documents every key).
+Timings on a machine shared with other jobs are noisy: each figure is a median over rounds and
+comes with its spread.
 """
 
 import json
 import os
-import platform
-import resource
-import tempfile
-import time
 
-import keras
-import numpy as np
-import tensorflow as tf
 from absl import app, flags
 
-from tf_explainer.build import build_explainer, initialize_statistics
-from tf_explainer.cache import read_feature_cache, write_feature_cache
-from tf_explainer.performers import build_performer
+from benchmarks import serving, training
 
-flags.DEFINE_integer("batch_size", 64, "Batch size.")
-flags.DEFINE_integer("steps", 30, "Timed training steps (after warm-up).")
-flags.DEFINE_string("output", "benchmarks/results/training.json", "Where to write results.")
+flags.DEFINE_string("output_dir", "benchmarks/results", "Where the JSON files go.")
+flags.DEFINE_list("only", None, "Run only these benchmarks (names of BENCHMARKS).")
+flags.DEFINE_integer("images_per_epoch", 1024, "Images in the default network's timed epoch.")
+flags.DEFINE_integer("step_rounds", 40, "Timing rounds of the explainer steps, per network.")
+flags.DEFINE_integer("jpeg_side", 256, "Side of the JPEGs in the manifest folder that the "
+                     "default network's uncached epoch decodes.")
+flags.DEFINE_boolean("full_vgg16", True, "Also time the built-in VGG-16 (224 x 224) in-step.")
 FLAGS = flags.FLAGS
 
 
-def _images(batch_size, num_classes, seed=0, count=4):
-    rng = np.random.default_rng(seed)
-    images = rng.uniform(-1, 1, (batch_size * count, 64, 64, 3)).astype(np.float32)
-    labels = rng.integers(0, num_classes, batch_size * count).astype(np.int32)
-    data = tf.data.Dataset.from_tensor_slices({"image": images, "label": labels})
-    return data.batch(batch_size).cache()
+def training_results():
+    return training.benchmark(training.Config(
+        images_per_epoch=FLAGS.images_per_epoch, default_step_rounds=FLAGS.step_rounds,
+        vgg16_step_rounds=FLAGS.step_rounds, jpeg_side=FLAGS.jpeg_side,
+        include_full_vgg16=FLAGS.full_vgg16))
 
 
-def explainer_training_throughput(filter_loss, batch_size, steps):
-    """Images per second of Explainer.fit on the small_vgg default, features computed in-step."""
-    keras.utils.set_random_seed(0)
-    performer = build_performer("small_vgg", 4)
-    explainer = build_explainer(performer, filter_loss=filter_loss)
-    data = _images(batch_size, 4)
-    initialize_statistics(explainer, data)
-    explainer.compile(optimizer="adam")
-    explainer.fit(data.repeat(), steps_per_epoch=5, epochs=1, verbose=0)  # trace and warm up
-    start = time.perf_counter()
-    explainer.fit(data.repeat(), steps_per_epoch=steps, epochs=1, verbose=0)
-    seconds = time.perf_counter() - start
-    return {"images_per_second": steps * batch_size / seconds, "step_ms": 1000 * seconds / steps}
+# Results file name -> function returning its JSON-serialisable dict.
+BENCHMARKS = {"training": training_results, "serving": lambda: serving.run(output=None)}
 
 
-def cache_speedup(batch_size, batches=16):
-    """Seconds of one explainer epoch from images vs from the feature cache (default network)."""
-    keras.utils.set_random_seed(0)
-    performer = build_performer("small_vgg", 4)
-    images = _images(batch_size, 4, count=batches)
-    with tempfile.TemporaryDirectory() as cache_dir:
-        write_feature_cache(performer.taps(), images, cache_dir, shards=4)
-        cached = read_feature_cache(cache_dir).batch(batch_size).prefetch(tf.data.AUTOTUNE)
-        seconds = {}
-        for name, data in (("images", images), ("cache", cached)):
-            explainer = build_explainer(performer)
-            initialize_statistics(explainer, images.take(2))
-            explainer.compile(optimizer="adam")
-            explainer.fit(data.take(2), epochs=1, verbose=0)  # trace and warm up
-            start = time.perf_counter()
-            explainer.fit(data, epochs=1, verbose=0)
-            seconds[name] = time.perf_counter() - start
-    return {"epoch_seconds_images": seconds["images"], "epoch_seconds_cache": seconds["cache"],
-            "images_per_epoch": batches * batch_size,
-            "cache_speedup": seconds["images"] / seconds["cache"]}
+def write_results(output_dir, name, results):
+    os.makedirs(output_dir, exist_ok=True)
+    path = os.path.join(output_dir, f"{name}.json")
+    with open(path, "w") as f:
+        json.dump(results, f, indent=2)
+    print(f"{path}:\n{json.dumps(results, indent=2)}")
 
 
 def main(argv):
     del argv
-    results = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                           "tensorflow": tf.__version__, "keras": keras.__version__},
-               "batch_size": FLAGS.batch_size}
-    for loss in ("approximate", "exact", "none"):
-        results[f"default_{loss}"] = explainer_training_throughput(loss, FLAGS.batch_size, FLAGS.steps)
-    results["default_cache"] = cache_speedup(FLAGS.batch_size)
-    results["cache_speedup"] = results["default_cache"]["cache_speedup"]
-    results["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    os.makedirs(os.path.dirname(FLAGS.output), exist_ok=True)
-    with open(FLAGS.output, "w") as f:
-        json.dump(results, f, indent=2)
-    print(json.dumps(results, indent=2))
+    unknown = set(FLAGS.only or ()) - set(BENCHMARKS)
+    if unknown:
+        raise app.UsageError(f"Unknown benchmarks {sorted(unknown)}; have {sorted(BENCHMARKS)}.")
+    for name, run in BENCHMARKS.items():
+        if not FLAGS.only or name in FLAGS.only:
+            write_results(FLAGS.output_dir, name, run())
 
 
 if __name__ == "__main__":

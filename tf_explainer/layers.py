@@ -66,11 +66,10 @@ class PartMask(keras.layers.Layer):
 
     def call(self, x, positive=None, training=None):
         centres = self.centres(x)
-        template = templates.unit_template(centres, _grid(x), self.form, self.sharpness)
+        mask = templates.unit_template(centres, _grid(x), self.form, self.sharpness, floor=0.0)
         if training and self.sharpness is not None and positive is not None:
             self._update_sharpness(x, centres, positive)
-        mask = tf.stop_gradient(tf.maximum(template, 0.0))
-        return x * tf.cast(mask, x.dtype)
+        return x * tf.cast(tf.stop_gradient(mask), x.dtype)
 
     def _update_sharpness(self, x, centres, positive):
         x = tf.cast(x, tf.float32)

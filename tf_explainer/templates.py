@@ -32,10 +32,12 @@ def _axis_coordinates(size: int, form: str) -> np.ndarray:
     return np.linspace(-1.0, 1.0, size, dtype=np.float32)
 
 
-def l1_distance(centres, shape, form="paper"):
-    """L1 distance of every cell to each centre, in the form's units.
+def axis_distances(centres, shape, form="paper"):
+    """Per-axis distances of every row and column to each centre, in the form's units.
 
-    centres: float [..., C, 2] (row, col) in cells; shape: (h, w). Returns float32 [..., h, w, C].
+    centres: float [..., C, 2] (row, col) in cells; shape: (h, w). Returns float32 ([..., h, 1, C],
+    [..., 1, w, C]): the L1 distance is their (broadcast) sum, so templates cost one full-size op
+    for the distance instead of building both coordinates at full size.
     """
     if form not in FORMS:
         raise ValueError(f"Unknown template form {form!r}; expected one of {FORMS}.")
@@ -49,22 +51,33 @@ def l1_distance(centres, shape, form="paper"):
         mu_r, mu_c = centres[..., 0] / h, centres[..., 1] / w
     mu_r = mu_r[..., None, None, :]  # [..., 1, 1, C]
     mu_c = mu_c[..., None, None, :]
-    return tf.abs(rows[:, None, None] - mu_r) + tf.abs(cols[None, :, None] - mu_c)
+    return tf.abs(rows[:, None, None] - mu_r), tf.abs(cols[None, :, None] - mu_c)
 
 
-def unit_template(centres, shape, form="paper", sharpness=None):
-    """Unclamped unit templates max(1 - a * L1(cell, centre), -1), float32 [..., h, w, C].
+def l1_distance(centres, shape, form="paper"):
+    """L1 distance of every cell to each centre, in the form's units.
+
+    centres: float [..., C, 2] (row, col) in cells; shape: (h, w). Returns float32 [..., h, w, C].
+    """
+    row_distance, col_distance = axis_distances(centres, shape, form)
+    return row_distance + col_distance
+
+
+def unit_template(centres, shape, form="paper", sharpness=None, floor=-1.0):
+    """Unclamped unit templates max(1 - a * L1(cell, centre), floor), float32 [..., h, w, C].
 
     sharpness: per-channel a_d [C] for the official form (default 2); the paper form uses beta.
+    floor: -1 is the template; 0 gives the mask max(T, 0) directly.
     """
-    dist = l1_distance(centres, shape, form)
     if form == "paper":
         a = PAPER_BETA
     elif sharpness is None:
         a = 2.0
     else:
         a = tf.cast(sharpness, tf.float32)
-    return tf.maximum(1.0 - a * dist, -1.0)
+    row_distance, col_distance = axis_distances(centres, shape, form)
+    # 1 - a * (r + c) with the scaling done on the small per-axis tensors.
+    return tf.maximum((0.5 - a * row_distance) + (0.5 - a * col_distance), floor)
 
 
 def _to_unit(index, size):

@@ -7,7 +7,6 @@
 import os
 
 import keras
-import tensorflow as tf
 from absl import app, logging
 
 from tools import common, evaluate
@@ -48,9 +47,9 @@ def train(performer_dir, model_dir, objective=None):
     if FLAGS.feature_cache:
         logging.info("Training from the feature cache in %s; flip augmentation is not available "
                      "with the cache (features were computed once, unflipped).", FLAGS.feature_cache)
-        train_data = read_feature_cache(os.path.join(FLAGS.feature_cache, "train")).shuffle(
-            4096, seed=FLAGS.seed).batch(FLAGS.batch_size, drop_remainder=common.drop_remainder())
-        train_data = train_data.prefetch(tf.data.AUTOTUNE)
+        train_data = read_feature_cache(
+            os.path.join(FLAGS.feature_cache, "train"), FLAGS.batch_size, shuffle_buffer=4096,
+            seed=FLAGS.seed, drop_remainder=common.drop_remainder())
     keras.utils.set_random_seed(FLAGS.seed)
     with strategy.scope(), precision_policy(FLAGS.mixed_precision):
         explainer = build_explainer(performer, **explainer_options(objective))
