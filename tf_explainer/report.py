@@ -169,9 +169,8 @@ def _probes(out_dir, explainer, collected, raws, images, part_maps, filter_categ
     blocks = []
     for i, raw in enumerate(raws):
         top = np.argsort(-contributions[i], kind="stable")[:TOP_CONTRIBUTORS]
-        # overlay_part_maps colours filters in order of peak, so order them that way to name colours.
-        peaks = part_maps[i].max(axis=(0, 1))
-        overlaid = sorted(top[:OVERLAID_CONTRIBUTORS], key=lambda f: -peaks[f])
+        overlaid = visualize.strongest_first(part_maps[i].max(axis=(0, 1)),
+                                             top[:OVERLAID_CONTRIBUTORS])  # colour order
         colours = dict(zip(overlaid, visualize.PALETTE.astype(int)))
         figures = [_figure(out_dir, f"image_{i}.png", raw, "image"),
                    _figure(out_dir, f"parts_{i}.png",

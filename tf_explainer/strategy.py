@@ -129,7 +129,8 @@ def precision_policy(name):
     global policy (so later models in the process, e.g. an evaluation, are float32 again).
 
     name: "none" (leave the policy alone), "mixed_bfloat16" or "mixed_float16". Variables stay
-    float32 under both; mixed_float16 also needs loss scaling, which `Model.compile` adds.
+    float32 under both; mixed_float16 also needs loss scaling, which `Model.compile` adds for a
+    model whose own policy is mixed_float16 and training.train_explainer adds for the explainer.
     """
     if name not in PRECISIONS:
         raise ValueError(f"Unknown mixed precision {name!r}; use one of {PRECISIONS}.")

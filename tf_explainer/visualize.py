@@ -31,6 +31,15 @@ def _blend(raw, colour, alpha):
     return np.clip(np.rint(raw * (1 - alpha) + colour * alpha), 0, 255).astype(np.uint8)
 
 
+def strongest_first(peaks, filters=None, top_k=None):
+    """Filter indices (all, or `filters` in their given order for ties) sorted by their peak,
+    strongest first: the order in which overlay_part_maps shows and colours filters
+    (PALETTE[i] for the i-th), so callers can name each filter's colour."""
+    peaks = np.maximum(np.asarray(peaks, np.float32), 0.0)
+    filters = np.arange(len(peaks)) if filters is None else np.asarray(filters, np.int64)
+    return filters[np.argsort(-peaks[filters], kind="stable")][:top_k]
+
+
 def overlay_part_maps(raw, part_maps, top_k=3):
     """The top_k filters with the strongest peak, each in its own colour, over one image.
 
@@ -40,7 +49,7 @@ def overlay_part_maps(raw, part_maps, top_k=3):
     raw = np.asarray(raw)
     part_maps = np.maximum(np.asarray(part_maps, np.float32), 0.0)
     peaks = part_maps.max(axis=(0, 1))
-    shown = np.argsort(-peaks, kind="stable")[:top_k]
+    shown = strongest_first(peaks, top_k=top_k)
     maps = _upsample(part_maps[..., shown], raw.shape[:2])
     maps = np.clip(np.divide(maps, peaks[shown], out=np.zeros_like(maps), where=peaks[shown] > 0),
                    0.0, 1.0)  # [H, W, k]

@@ -11,7 +11,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from tf_explainer.visualize import PALETTE, overlay_part_maps
+from tf_explainer.visualize import PALETTE, overlay_part_maps, strongest_first
 
 _MARK_COLOUR_EDGE = np.array([0, 0, 0], np.uint8)
 
@@ -40,9 +40,8 @@ def _name(names, index, unknown):
 
 
 def shown_order(outputs, parts_by_contribution, index=0):
-    """The filters in the order overlay_part_maps colours them: strongest peak first."""
-    scores = np.asarray(outputs["part_scores"])[index, parts_by_contribution]
-    return np.asarray(parts_by_contribution)[np.argsort(-np.maximum(scores, 0.0), kind="stable")]
+    """The filters in the order overlay_part_maps colours them (part_scores are the map peaks)."""
+    return strongest_first(np.asarray(outputs["part_scores"])[index], parts_by_contribution)
 
 
 def explain(outputs, index=0, top=5, class_names: Optional[Sequence[str]] = None,
