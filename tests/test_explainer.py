@@ -58,7 +58,7 @@ def test_explainer_saves_and_reloads_as_keras_with_equal_outputs(tmp_path):
 
 def test_training_lowers_reconstruction_and_raises_p():
     keras.utils.set_random_seed(0)
-    explainer = build_explainer(tiny_performer(), eta=5.0, filter_loss_weight=0.1)
+    explainer = build_explainer(tiny_performer(), eta=5.0, filter_loss_weight=1e5)
     data = image_batches(4)
     initialize_statistics(explainer, data)
     explainer.compile(optimizer=keras.optimizers.Adam(3e-3))

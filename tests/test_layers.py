@@ -36,24 +36,43 @@ def test_part_mask_gradient_is_upstream_times_mask():
     np.testing.assert_allclose(grad, upstream.numpy() * mask, atol=1e-6)
 
 
-def test_centroid_centre_is_activation_weighted_mean():
-    x = np.zeros((1, 5, 5, 1), np.float32)
+def test_centroid_centre_is_the_rounded_activation_weighted_mean():
+    x = np.zeros((1, 5, 5, 2), np.float32)
     x[0, 1, 1, 0] = 1.0
-    x[0, 3, 3, 0] = 3.0
+    x[0, 3, 3, 0] = 3.0   # centroid (2.5, 2.5): rounds half away from zero to (3, 3)
+    x[0, 0, 0, 1] = 3.0
+    x[0, 2, 1, 1] = 1.0   # centroid (0.5, 0.25) -> (1, 0)
     centres = PartMask(centre="centroid").centres(x).numpy()
-    np.testing.assert_allclose(centres[0, 0], [2.5, 2.5])
-    np.testing.assert_allclose(PartMask().centres(x).numpy()[0, 0], [3, 3])
+    np.testing.assert_array_equal(centres[0], [[3, 3], [1, 0]])
+    np.testing.assert_array_equal(PartMask().centres(x).numpy()[0], [[3, 3], [0, 0]])
+    np.testing.assert_array_equal(PartMask(centre="centroid").centres(np.zeros_like(x)).numpy()[0],
+                                  [[0, 0], [0, 0]])
 
 
 def test_official_sharpness_moves_toward_target_in_training_only():
-    layer = PartMask(form="official")
-    x = _maps(3)
+    layer = PartMask(form="official", sharpness_rate=0.5)
+    x = np.zeros((3, 6, 6, 4), np.float32)
+    x[:, 2, 3, :] = 1.0  # one active cell: spread 0, target clipped to 3
     positive = np.ones((3, 4), np.float32)
     layer(x, positive=positive, training=False)
     np.testing.assert_allclose(layer.sharpness.numpy(), 2.0)
     layer(x, positive=positive, training=True)
-    assert not np.allclose(layer.sharpness.numpy(), 2.0)
-    assert np.all((layer.sharpness.numpy() >= 1.5) & (layer.sharpness.numpy() <= 3.0))
+    np.testing.assert_allclose(layer.sharpness.numpy(), 2.5)  # 2 + 0.5 (3 - 2)
+    layer(x, positive=np.zeros_like(positive), training=True)  # no positives: unchanged
+    np.testing.assert_allclose(layer.sharpness.numpy(), 2.5)
+
+
+def test_channel_norm_sigma_gets_the_reconstruction_gradient_unless_fixed():
+    x = tf.constant(_maps(6))
+    for learn, expect_gradient in ((True, True), (False, False)):
+        norm = ChannelNorm(learn_sigma=learn)
+        norm.build(x.shape)
+        assert (norm.sigma in norm.trainable_variables) is expect_gradient
+        with tf.GradientTape() as tape:
+            out = tf.reduce_sum(norm(x, training=True))
+        if expect_gradient:
+            grad = tape.gradient(out, norm.sigma)
+            assert grad is not None and np.all(grad.numpy() < 0)  # larger sigma, smaller output
 
 
 def test_channel_norm_updates_in_training_only_and_can_ignore_negatives():
@@ -89,9 +108,9 @@ def test_track_fusion_starts_at_half_and_mixes():
 
 
 @pytest.mark.parametrize("layer", [
-    PartMask(form="official", centre="centroid", sharpness_init=2.5, sharpness_momentum=0.8),
+    PartMask(form="official", centre="centroid", sharpness_init=2.5, sharpness_rate=0.2),
     PartMask(form="paper"),
-    ChannelNorm(momentum=0.7, epsilon=1e-4, positives_only=True),
+    ChannelNorm(momentum=0.7, epsilon=1e-4, positives_only=True, learn_sigma=False),
     TrackFusion(logit_scale=50.0),
 ])
 def test_layers_round_trip_get_config(layer):

@@ -89,6 +89,8 @@ def test_mixed_float16_train_step_scales_the_loss():
     explainer.fit(tf.data.Dataset.from_tensors(batch), verbose=0)
     assert int(explainer.optimizer.iterations.numpy()) == 1  # finite gradients: the step was applied
     for variable, start, gradient in zip(explainer.trainable_variables, before, gradients):
+        if variable.path.endswith("/sigma"):
+            continue  # the norms' sigma also moves toward the batch statistic (layers.ChannelNorm)
         expected = -learning_rate * gradient.numpy()
         error = np.linalg.norm(variable.numpy() - start - expected)
         assert error <= 0.05 * np.linalg.norm(expected) + 1e-12, variable.path

@@ -210,7 +210,8 @@ def test_tools_train_under_multi_worker_and_mixed_precision(tmp_path):
     outputs = _run_cluster(lambda i: [sys.executable, "-m", "tools.train_explainer", *TINY_TOOL_FLAGS,
                                       "--mixed_precision=mixed_bfloat16", f"--performer_dir={performer_dir}",
                                       f"--model_dir={explainer_dir}"], tmp_path, "explainer")
-    assert sorted(os.listdir(explainer_dir)) == ["eval", "explainer.keras", "flags.txt", "logs"]
+    assert sorted(os.listdir(explainer_dir)) == ["eval", "explainer.keras", "flags.txt", "logs",
+                                                 "training.json"]
     assert sorted(os.listdir(explainer_dir / "logs")) == ["probe", "train", "validation"]
     assert _epoch_logs(outputs[0]) and _epoch_logs(outputs[0]) == _epoch_logs(outputs[1])
     assert "location instability" in outputs[0] and "location instability" not in outputs[1]

@@ -133,4 +133,4 @@ def test_tensorboard_serves_the_explainer_dashboards(tmp_path):
         assert session_metrics["probe/p"] == values[-1][2]
         layout = _get(f"{base}/data/plugin/custom_scalars/layout")
         assert [c["title"] for c in layout["category"]] == [
-            "Losses", "Fusion", "Interpretability", "Classification"]
+            "Losses", "Fusion", "Interpretability", "Balance", "Classification"]

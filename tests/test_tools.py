@@ -122,8 +122,19 @@ def test_demo_tool_runs_on_a_manifest_folder(tmp_path):
                    "--performer_epochs=2", "--epochs=1", f"--run_dir={run_dir}")
     summary = json.load(open(run_dir / "summary.json"))
     for key in ("performer_accuracy", "p", "instability_performer_target", "instability_performer_top",
-                "instability_explainer", "reconstructed_accuracy", "wall_seconds"):
-        assert key in summary, key
+                "instability_explainer", "reconstructed_accuracy", "wall_seconds",
+                "part_coverage", "part_coverage_top", "duplicate_filters", "duplicate_filters_top",
+                "instability_explainer_cls", "instability_no_filter_loss", "instability_no_masks",
+                "instability_fixed_point", "grad_ratio_filter_conv_interp_2"):
+        assert isinstance(summary[key], (int, float)), key
+    assert 0 <= summary["part_coverage"] <= 1 and 0 <= summary["duplicate_filters"] <= 1
+    metrics = json.load(open(run_dir / "explainer" / "eval" / "metrics.json"))
+    ratios = metrics["explainer"]["training"]["gradient_ratios"]
+    assert len(ratios) == metrics["explainer"]["training"]["epochs_trained"] >= 1
+    assert "grad_ratio_filter_conv_interp_2 " in output.replace(":", " ")  # in the epoch log line
+    assert metrics["no_filter_loss"]["training"]["filter_loss_weight"] == 0.0
+    assert "--objective=classification" in open(run_dir / "explainer_cls" / "flags.txt").read()
+    assert "--nouse_masks" in open(run_dir / "no_masks" / "flags.txt").read()
     assert "tensorboard --logdir" in output
     baseline = json.load(open(run_dir / "explainer" / "eval" / "metrics.json"))["explainer_cls"]
     assert baseline["performer_error"] == 1 - summary["performer_accuracy"]

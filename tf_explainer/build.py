@@ -6,6 +6,7 @@ import tensorflow as tf
 from absl import logging
 
 from tf_explainer.explainer import Explainer
+from tf_explainer.layers import SIGMA_FLOOR
 from tf_explainer.progress import cardinality, logged
 from tf_explainer.performers.spec import Performer, find_layer
 
@@ -128,7 +129,7 @@ def initialize_statistics(explainer: Explainer, dataset, steps=None):
         total = np.where(rows, totals[name], 0.0).sum(1)
         count = np.where(rows, totals["class_count"][None, :], 0.0).sum(1)
         sigma = np.where(count > 0, total / np.maximum(count, 1.0), 1.0)
-        norm.sigma.assign(np.maximum(sigma, 1e-6).astype(np.float32))
+        norm.sigma.assign(np.maximum(sigma, SIGMA_FLOOR).astype(np.float32))
     if "performer_pool" in totals and getattr(explainer, "decoder_copied_from_performer", [False])[0]:
         _fold_pool_scale(explainer.decoder[0], totals["performer_pool"] / totals["count"])
     return {"reconstruction_weights": np.asarray(weights), "sigma_interp": explainer.norm_interp.sigma.numpy(),

@@ -5,12 +5,14 @@ Streams a dataset once through the performer and the explainer, keeping only eac
 """
 
 import dataclasses
+import weakref
 
 import numpy as np
 import tensorflow as tf
 from absl import logging
 
 from tf_explainer.metrics import instability as inst
+from tf_explainer.metrics import parts as part_metrics
 from tf_explainer.progress import cardinality, logged
 
 # Which maps are measured: key in the collected outputs -> name in the report.
@@ -29,18 +31,29 @@ class Collected:
     image_size: tuple
 
 
+_STEPS = weakref.WeakKeyDictionary()  # one traced collection step per explainer
+
+
+def _collection_step(explainer):
+    """The explainer's traced collection step, made once: the TensorBoard probe collects after
+    every epoch, and a new tf.function each time would retrace each time."""
+    if explainer not in _STEPS:
+        @tf.function
+        def step(data):
+            features = explainer.features(data)
+            outputs = explainer(features["target"], training=False)
+            maps = {"target": features["target"], "part_maps": outputs["part_maps"]}
+            if "top" in features:
+                maps["top"] = features["top"]
+            return (maps, tf.argmax(features["scores"], -1, output_type=tf.int32),
+                    tf.argmax(outputs["scores"], -1, output_type=tf.int32))
+        _STEPS[explainer] = step
+    return _STEPS[explainer]
+
+
 def collect(explainer, dataset, steps=None) -> Collected:
     """Runs batches of {"image", "label", "landmarks"} through performer and explainer."""
-
-    @tf.function
-    def step(data):
-        features = explainer.features(data)
-        outputs = explainer(features["target"], training=False)
-        maps = {"target": features["target"], "part_maps": outputs["part_maps"]}
-        if "top" in features:
-            maps["top"] = features["top"]
-        return (maps, tf.argmax(features["scores"], -1, output_type=tf.int32),
-                tf.argmax(outputs["scores"], -1, output_type=tf.int32))
+    step = _collection_step(explainer)
 
     parts = {"cells": {}, "values": {}, "landmarks": [], "labels": [], "perf": [], "recon": []}
     image_size = None
@@ -68,26 +81,50 @@ def collect(explainer, dataset, steps=None) -> Collected:
         image_size=image_size)
 
 
-def instability(collected: Collected, key, geometry, negative_class=None, top_k=100):
-    """Location instability of one collected map (SPEC 5, official protocol), as the metric's
-    InstabilityResult (mean, per filter, per filter and landmark).
-
-    Single-category (one class besides the negative one): all filters on that class's images.
-    Multi-category: each filter on the images of the category where its mean peak is highest.
-    """
-    xy = inst.project_cells(collected.cells[key], geometry.stride, geometry.offset)
+def filter_categories(collected: Collected, key, negative_class=None):
+    """[F] the category each filter of one collected map is measured on: the one class besides
+    the negative one, or (multi-category) the class where the filter's mean peak is highest."""
     values = collected.values[key]
     labels = collected.labels
     classes = [c for c in np.unique(labels) if c != negative_class]
     if len(classes) == 1:
-        keep = labels == classes[0]
-        return inst.location_instability(xy[keep], values[keep], collected.landmarks[keep],
-                                         collected.image_size, top_k=top_k)
+        return np.full(values.shape[1], classes[0])
     ignore = () if negative_class is None else (negative_class,)
-    num_classes = int(labels.max()) + 1
-    categories = inst.assign_filters_to_categories(values, labels, num_classes, ignore_labels=ignore)
-    return inst.location_instability_by_category(
-        xy, values, collected.landmarks, labels, collected.image_size, categories, top_k=top_k)
+    return inst.assign_filters_to_categories(values, labels, int(labels.max()) + 1,
+                                             ignore_labels=ignore)
+
+
+def filter_images(collected: Collected, key, negative_class=None):
+    """[N, F] bool: the images each filter is measured on (its category's, filter_categories)."""
+    return collected.labels[:, None] == filter_categories(collected, key, negative_class)[None, :]
+
+
+def _peak_xy(collected, key, geometry):
+    return inst.project_cells(collected.cells[key], geometry.stride, geometry.offset)
+
+
+def instability(collected: Collected, key, geometry, negative_class=None, top_k=100):
+    """Location instability of one collected map (official protocol), as the metric's
+    InstabilityResult (mean, per filter, per filter and landmark); filters are measured on
+    `filter_images`."""
+    eligible = filter_images(collected, key, negative_class)
+    return inst.location_instability_on(_peak_xy(collected, key, geometry), collected.values[key],
+                                        collected.landmarks, collected.image_size, eligible,
+                                        top_k=top_k)
+
+
+def parts(collected: Collected, key, geometry, negative_class=None, top_k=100):
+    """Part coverage, duplicates and each filter's part of one collected map (PartResult)."""
+    eligible = filter_images(collected, key, negative_class)
+    return part_metrics.part_measures(_peak_xy(collected, key, geometry), collected.values[key],
+                                      collected.landmarks, eligible, collected.image_size, top_k)
+
+
+def fixed_point_floor(collected: Collected, negative_class=None):
+    """Instability of the best fixed pixel, per object category, averaged over categories."""
+    classes = [c for c in np.unique(collected.labels) if c != negative_class]
+    return float(np.nanmean([part_metrics.fixed_point_instability(
+        collected.landmarks[collected.labels == c], collected.image_size) for c in classes]))
 
 
 def part_contributions(explainer, images, class_index=None):
@@ -115,11 +152,19 @@ def explain_with_contributions(explainer, target, class_index):
     return outputs, tf.reduce_sum(gradient * outputs["x_interp"], axis=[1, 2])
 
 
-def evaluate(explainer, dataset, geometries, steps=None, top_k=100) -> dict:
-    """p, performer and reconstructed accuracy, and location instability of each measured map.
+# Part measures are reported for these maps: collected key -> suffix of the metric names.
+PART_MAPS = {"part_maps": "", "top": "_top"}
+
+
+def evaluate(explainer, dataset, geometries, steps=None, top_k=100, landmark_names=None,
+             class_names=None) -> dict:
+    """p, performer and reconstructed accuracy, location instability of each measured map, the
+    fixed-point floor, and part coverage, duplicates and each filter's part (explainer and the
+    performer's top conv).
 
     geometries: {"target": ReceptiveField, "top": ..., "part_maps": ...} (stride, offset in
     input pixels); maps without a geometry or without collected peaks are left out.
+    landmark_names, class_names: names used in the per-filter table (default: indices).
     """
     collected = collect(explainer, dataset, steps)
     performer_accuracy = float(np.mean(collected.performer_predictions == collected.labels))
@@ -137,8 +182,38 @@ def evaluate(explainer, dataset, geometries, steps=None, top_k=100) -> dict:
         if key in collected.cells and key in geometries:
             result[f"instability_{name}"] = float(instability(
                 collected, key, geometries[key], explainer.negative_class, top_k).mean)
-    logging.info("Evaluation: %s", result)
+    result["instability_fixed_point"] = fixed_point_floor(collected, explainer.negative_class)
+    k_count = collected.landmarks.shape[1]
+    landmark_names = list(landmark_names or [str(k) for k in range(k_count)])
+    result["filters"] = {}
+    for key, suffix in PART_MAPS.items():
+        if key not in collected.cells or key not in geometries:
+            continue
+        measured = parts(collected, key, geometries[key], explainer.negative_class, top_k)
+        result[f"part_coverage{suffix}"] = measured.coverage
+        result[f"duplicate_filters{suffix}"] = measured.duplicates
+        result[f"filters_per_part{suffix}"] = measured.filters_per_part(landmark_names)
+        categories = filter_categories(collected, key, explainer.negative_class)
+        result["filters"][MAPS[key]] = [
+            {"filter": j, "category": _name(class_names, categories[j]),
+             "part": landmark_names[measured.part[j]] if measured.part[j] >= 0 else "none",
+             "hit": {n: _number(measured.hit[j, k]) for k, n in enumerate(landmark_names)},
+             "fixed": {n: _number(measured.fixed[j, k]) for k, n in enumerate(landmark_names)},
+             "twins": [int(t) for t in measured.twins[j]], "dead": bool(measured.dead[j])}
+            for j in range(len(categories))]
+    logging.info("Evaluated %d images: p %.3f, instability %.4f (explainer), part coverage %s.",
+                 result["num_images"], result["p"], result.get("instability_explainer", np.nan),
+                 result.get("part_coverage"))
     return result
+
+
+def _name(names, index):
+    return names[int(index)] if names else int(index)
+
+
+def _number(value):
+    """A JSON-friendly float (None for NaN)."""
+    return None if np.isnan(value) else float(value)
 
 
 def performer_geometries(performer):
@@ -186,4 +261,24 @@ def summary_text(metrics: dict) -> str:
                            ("instability_explainer", "explainer conv-interp-2")):
             if key in values:
                 lines.append(f"  location instability          {values[key]:.4f}  {label}")
+        if "instability_fixed_point" in values:
+            lines.append(f"  location instability          {values['instability_fixed_point']:.4f}"
+                         "  best fixed pixel (the floor a filter that never moves reaches)")
+        for suffix, label in (("", "explainer conv-interp-2"), ("_top", "performer top conv")):
+            if f"part_coverage{suffix}" in values:
+                per_part = ", ".join(f"{part} {count}" for part, count
+                                     in values[f"filters_per_part{suffix}"].items() if count)
+                lines.append(f"  part coverage / duplicates    {values[f'part_coverage{suffix}']:.2f}"
+                             f" / {values[f'duplicate_filters{suffix}']:.2f}  {label}"
+                             f" (filters per part: {per_part})")
+        record = values.get("training")
+        if record:
+            ratios = record["gradient_ratios"][-1] if record.get("gradient_ratios") else {}
+            lines.append(f"  training                      {record['epochs_trained']} of "
+                         f"{record['max_epochs']} epochs, {record['steps']} steps, converged: "
+                         f"{'epoch ' + str(record['converged_epoch']) if record['converged_epoch'] else 'no'}"
+                         f", lambda {record['filter_loss_weight']:.4g}")
+            if ratios:
+                lines.append("  gradient ratio to recon.      " + ", ".join(
+                    f"{key.replace('grad_ratio_', '')} {value:.3g}" for key, value in ratios.items()))
     return "\n".join(lines) + "\n"

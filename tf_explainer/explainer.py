@@ -1,4 +1,4 @@
-"""The explainer network and its training step (SPEC 2.1, 2.3).
+"""The explainer network and its training step (docs/method.md).
 
 The explainer reads the performer's target-layer map x0 and reconstructs the performer's upper
 layers through an interpretable track (part filters) and an ordinary track, fused with weight p.
@@ -10,7 +10,7 @@ import keras
 import tensorflow as tf
 
 from tf_explainer.distribute import global_batch_size, global_sum, num_replicas
-from tf_explainer.filter_loss import get_filter_loss
+from tf_explainer.filter_loss import filter_loss_scale, get_filter_loss
 from tf_explainer.layers import ChannelNorm, PartMask, TrackFusion
 
 POOL_POSITIONS = ("A", "B")
@@ -18,6 +18,9 @@ CATEGORY_SOURCES = ("prediction", "label")
 OBJECTIVES = ("reconstruction", "classification")
 _LOG_TERMS = ("loss", "log_p", "filter_interp_1", "filter_interp_2", "p", "performer_accuracy",
               "reconstructed_accuracy")
+# Variable groups whose gradient norms `gradient_norms` reports, and the loss terms it splits.
+BALANCE_GROUPS = ("conv_interp_1", "conv_interp_2", "fusion")
+BALANCE_TERMS = ("objective", "filter", "log_p")
 
 
 class _Untracked:
@@ -42,15 +45,20 @@ class Explainer(keras.Model):
       pool_position: "A" mask then pool (default), "B" pool then mask on the pooled grid.
       template_form, centre: PartMask options ("paper"/"official", "argmax"/"centroid").
       filter_loss: registered name or callable (see filter_loss.py).
-      filter_loss_weight: lambda. eta: weight of -log p.
+      filter_loss_weight: lambda, a multiplier on the authors' scale kappa_t = 1e-6 / epoch.
+      eta: weight of -log p.
+      use_masks: apply the part masks (False: the "no masks" ablation; the filter loss stays).
+      sharpness_rate: per-step pull of the official form's a_d toward its target.
       category_source: "prediction" (the performer's, default) or "label".
       negative_class: class index that no filter is assigned to (e.g. "background"), or None.
       decoder_activations: per decoder layer, "relu" or None.
       norm_positives_only: estimate the interpretable track's norm on positive images only.
+      learn_sigma: train the norms' sigma with the reconstruction gradient besides the running
+        statistic (False: the moving average alone).
       fusion_logit_scale: learning-rate multiplier for p under Adam (see TrackFusion).
       objective: "reconstruction" (the method) or "classification": the "Explainer+cls" baseline,
         trained with cross-entropy of the head on the explainer's output against each image's
-        category instead of reconstructing the performer's layers.
+        ground-truth label instead of reconstructing the performer's layers.
       scores_are_logits: whether the head emits logits (for the classification objective).
       layer_dtype: dtype policy of the convs and the decoder, e.g. "mixed_bfloat16"; default: the
         global policy when the explainer is built. The model itself (masks and templates, norms,
@@ -64,7 +72,8 @@ class Explainer(keras.Model):
                  category_source="prediction", negative_class=None, decoder_activations=None,
                  norm_momentum=0.9, norm_positives_only=True, assignment_momentum=0.9,
                  fusion_logit_scale=1.0, objective="reconstruction", scores_are_logits=True,
-                 layer_dtype=None, **kwargs):
+                 layer_dtype=None, use_masks=True, sharpness_rate=1e-3, learn_sigma=True,
+                 **kwargs):
         # float32 model: Keras reads variables in the model's compute dtype inside its call, and
         # p (read there, and served) must not be rounded to 16 bits.
         kwargs.setdefault("dtype", "float32")
@@ -103,6 +112,9 @@ class Explainer(keras.Model):
         self.objective = objective
         self.scores_are_logits = bool(scores_are_logits)
         self.layer_dtype = keras.dtype_policies.get(layer_dtype or keras.mixed_precision.global_policy())
+        self.use_masks = bool(use_masks)
+        self.sharpness_rate = float(sharpness_rate)
+        self.learn_sigma = bool(learn_sigma)
         self._performer = _Untracked(None)
 
         # Masks (templates, peaks), norms and the fusion stay float32: they hold the moving
@@ -110,16 +122,18 @@ class Explainer(keras.Model):
         conv = dict(padding="same", activation="relu", dtype=self.layer_dtype)
         exact = dict(dtype="float32")
         self.conv_interp_1 = keras.layers.Conv2D(interp_filters, kernel_size, name="conv_interp_1", **conv)
-        self.mask_1 = PartMask(template_form, centre, name="mask_1", **exact)
+        self.mask_1 = PartMask(template_form, centre, sharpness_rate=sharpness_rate, name="mask_1",
+                               **exact)
         self.conv_interp_2 = keras.layers.Conv2D(part_filters, 3, name="conv_interp_2", **conv)
-        self.mask_2 = PartMask(template_form, centre, name="mask_2", **exact)
+        self.mask_2 = PartMask(template_form, centre, sharpness_rate=sharpness_rate, name="mask_2",
+                               **exact)
         self.conv_ordin = keras.layers.Conv2D(part_filters, 3, name="conv_ordin", **conv)
         self.pool_interp = self._pool_copy("pool_interp")
         self.pool_ordin = self._pool_copy("pool_ordin")
         self.norm_interp = ChannelNorm(norm_momentum, positives_only=norm_positives_only,
-                                       name="norm_interp", **exact)
+                                       learn_sigma=learn_sigma, name="norm_interp", **exact)
         self.norm_ordin = ChannelNorm(norm_momentum, positives_only=norm_positives_only,
-                                      name="norm_ordin", **exact)
+                                      learn_sigma=learn_sigma, name="norm_ordin", **exact)
         self.fusion = TrackFusion(fusion_logit_scale, name="fusion", **exact)
         self.flatten = keras.layers.Flatten(name="flatten", dtype=self.layer_dtype)
         self.decoder = [keras.layers.Dense(d, activation=a, name=f"fc_dec_{i + 1}",
@@ -132,6 +146,11 @@ class Explainer(keras.Model):
                                             initializer="zeros", trainable=False, aggregation="mean")
         self.assignment_2 = self.add_weight(name="assignment_2", shape=(part_filters, self.num_classes),
                                             initializer="zeros", trainable=False, aggregation="mean")
+        # Batches per epoch, so the step can tell the epoch t of kappa_t = kappa_0 / t from the
+        # optimizer's iteration count (0: unknown, t = 1). training.train_explainer sets it
+        # before training (it is read when the step is traced); not a weight: it describes the
+        # data, not the model.
+        self.steps_per_epoch = 0
         self._trackers = {name: keras.metrics.Mean(name=name) for name in (objective,) + _LOG_TERMS}
         self(tf.zeros((1,) + self.target_shape))
 
@@ -160,30 +179,52 @@ class Explainer(keras.Model):
         so masks, losses, evaluation and the served outputs read float32."""
         pos_1 = None if positive is None else positive[0]
         interp_1 = tf.cast(self.conv_interp_1(x0), tf.float32)
-        part_maps = tf.cast(self.conv_interp_2(self.mask_1(interp_1, positive=pos_1, training=training)),
+        part_maps = tf.cast(self.conv_interp_2(self._mask(self.mask_1, interp_1, pos_1, training)),
                             tf.float32)
         return {"interp_1": interp_1, "part_maps": part_maps,
                 "ordin": tf.cast(self.conv_ordin(x0), tf.float32)}
 
     def from_part_maps(self, part_maps, ordin, positive=None, training=None):
         """Everything after the part maps: mask and pool (in `pool_position` order), norms,
-        fusion, decoder and head. Gradients of the scores reach `part_maps` (Grad-CAM uses it)."""
+        fusion, decoder and head. Gradients of the scores reach `part_maps` (Grad-CAM uses it).
+
+        Also returns what conv-interp-2's filter loss is put on: `fused_interp`, the fused
+        channel p * x_interp + (1 - p) * stop_gradient(x_ordin) of the tensors that enter the
+        fusion (its gradient reaches conv-interp-2 through norm, pool and mask, and p; not the
+        norm's sigma), and `centres_2`, its template centres (pool position B: where the forward
+        mask was centred; A: the fused channel's own centre)."""
         _, pos_2, pos_image = positive if positive is not None else (None, None, None)
         if self.pool_position == "A":
-            loss_map_interp, loss_map_ordin = part_maps, ordin
-            x_interp = self._pool(self.pool_interp, self.mask_2(part_maps, positive=pos_2, training=training))
+            x_interp = self._pool(self.pool_interp, self._mask(self.mask_2, part_maps, pos_2, training))
             x_ordin = self._pool(self.pool_ordin, ordin)
+            centres_2 = None
         else:
-            loss_map_interp = self._pool(self.pool_interp, part_maps)
-            loss_map_ordin = x_ordin = self._pool(self.pool_ordin, ordin)
-            x_interp = self.mask_2(loss_map_interp, positive=pos_2, training=training)
+            pooled = self._pool(self.pool_interp, part_maps)
+            centres_2 = self.mask_2.centres(pooled)
+            x_interp = self._mask(self.mask_2, pooled, pos_2, training)
+            x_ordin = self._pool(self.pool_ordin, ordin)
         ordin_positive = None if pos_image is None else tf.tile(pos_image[:, None], [1, self.part_filters])
-        outputs = {"loss_map_interp": loss_map_interp, "loss_map_ordin": loss_map_ordin,
-                   "pre_norm_interp": x_interp, "pre_norm_ordin": x_ordin,
+        if not self.norm_interp.built:
+            self.norm_interp.build(x_interp.shape)
+        # Read before the norm's training update, so it equals what the forward divides by.
+        sigma_interp = tf.stop_gradient(tf.convert_to_tensor(self.norm_interp.sigma))
+        outputs = {"pre_norm_interp": x_interp, "pre_norm_ordin": x_ordin,
                    "x_interp": self.norm_interp(x_interp, positive=pos_2, training=training),
                    "x_ordin": self.norm_ordin(x_ordin, positive=ordin_positive, training=training)}
         outputs.update(self.decode(outputs["x_interp"], outputs["x_ordin"]))
+        p = outputs["p"]
+        fused = (p * self.norm_interp.normalise(x_interp, sigma_interp)
+                 + (1 - p) * tf.stop_gradient(outputs["x_ordin"]))
+        outputs["fused_interp"] = fused
+        outputs["centres_2"] = self.mask_2.centres(fused) if centres_2 is None else centres_2
         return outputs
+
+    def _mask(self, mask, x, positive, training):
+        if self.use_masks:
+            return mask(x, positive=positive, training=training)
+        if not mask.built:  # unused in the forward pass, but its templates feed the filter loss
+            mask.build(x.shape)
+        return x
 
     def decode(self, x_interp, x_ordin):
         """Fusion, decoder and the performer's head on the two normalised tracks."""
@@ -245,11 +286,11 @@ class Explainer(keras.Model):
 
     # ---- losses --------------------------------------------------------------------------
     def _per_image_objective(self, batch, outputs):
-        """Sum_l lambda_l ||y_l - y*_l||^2, or the baseline's cross-entropy, per image."""
+        """Sum_l lambda_l ||y_l - y*_l||^2, or the baseline's cross-entropy on labels, per image."""
         if self.objective == "classification":
             return keras.losses.sparse_categorical_crossentropy(
-                self.image_categories(batch), tf.cast(outputs["scores"], tf.float32),
-                from_logits=self.scores_are_logits)
+                tf.cast(tf.reshape(batch["label"], [-1]), tf.int32),
+                tf.cast(outputs["scores"], tf.float32), from_logits=self.scores_are_logits)
         per_image = 0.0
         for i, y in enumerate(outputs["reconstructions"]):
             target = tf.cast(batch[f"recon_{i}"], tf.float32)
@@ -257,22 +298,62 @@ class Explainer(keras.Model):
             per_image += self.reconstruction_weights[i] * error
         return per_image
 
-    def compute_losses(self, batch, outputs, positive):
-        """Each term of SPEC 2.3 as this replica's share of the global-batch loss."""
+    def epoch(self):
+        """The 1-based training epoch t, from the optimizer's iterations (1 before training)."""
+        if getattr(self, "optimizer", None) is None or self.steps_per_epoch <= 0:
+            return tf.constant(1, tf.int64)
+        done = tf.cast(tf.convert_to_tensor(self.optimizer.iterations), tf.int64)
+        return done // self.steps_per_epoch + 1
+
+    def filter_terms(self, outputs, positive):
+        """The two filter losses (unscaled readouts whose gradients are the injected ones)."""
         pos_1, pos_2, _ = positive
+        return (self._filter_loss_fn(outputs["interp_1"], pos_1, self.mask_1),
+                self._filter_loss_fn(outputs["fused_interp"], pos_2, self.mask_2,
+                                     outputs["centres_2"]))
+
+    def compute_losses(self, batch, outputs, positive):
+        """Each loss term (docs/method.md) as this replica's share of the global-batch loss."""
         batch_size = global_batch_size(tf.shape(batch["target"])[0])
         objective = tf.reduce_sum(self._per_image_objective(batch, outputs)) / batch_size
         log_p = -self.eta * self.fusion.log_p() / num_replicas()
-        filter_1 = self._filter_loss_fn(outputs["interp_1"], pos_1, self.mask_1)
-        p = self.fusion.p()
-        # Both tracks on the scale the decoder sees them (the norms, read-only here).
-        interp = tf.cast(self.norm_interp(outputs["loss_map_interp"], training=False), tf.float32)
-        ordin = tf.cast(self.norm_ordin(outputs["loss_map_ordin"], training=False), tf.float32)
-        fused = p * interp + (1 - p) * tf.stop_gradient(ordin)
-        filter_2 = self._filter_loss_fn(fused, pos_2, self.mask_2)
-        total = objective + log_p + self.filter_loss_weight * (filter_1 + filter_2)
+        filter_1, filter_2 = self.filter_terms(outputs, positive)
+        scale = filter_loss_scale(self.filter_loss_weight, self.epoch())
+        total = objective + log_p + scale * (filter_1 + filter_2)
         return {"loss": total, self.objective: objective, "log_p": log_p,
                 "filter_interp_1": filter_1, "filter_interp_2": filter_2}
+
+    def gradient_norms(self, data, filter_loss_weight=None):
+        """||gradient|| of each loss term on conv-interp-1, conv-interp-2 and the fusion logits.
+
+        One forward pass in training mode's loss setting (no statistics are updated); the filter
+        term is scaled by lambda (filter_loss_weight, default the model's) * kappa_t.
+        Returns {f"{term}/{group}": float32 scalar} for BALANCE_TERMS x BALANCE_GROUPS.
+        """
+        weight = self.filter_loss_weight if filter_loss_weight is None else filter_loss_weight
+        batch = self.features(data)
+        positive = self.positives(self.image_categories(batch))
+        # The backend tf.Variables: the tape's unconnected_gradients option needs them.
+        groups = {name: [v.value for v in layer.trainable_variables]
+                  for name, layer in (("conv_interp_1", self.conv_interp_1),
+                                      ("conv_interp_2", self.conv_interp_2),
+                                      ("fusion", self.fusion))}
+        variables = [v for group in BALANCE_GROUPS for v in groups[group]]
+        with tf.GradientTape(persistent=True) as tape:
+            outputs = self(batch["target"], training=False)
+            losses = self.compute_losses(batch, outputs, positive)
+            terms = {"objective": losses[self.objective], "log_p": losses["log_p"],
+                     "filter": filter_loss_scale(weight, self.epoch())
+                     * (losses["filter_interp_1"] + losses["filter_interp_2"])}
+        norms = {}
+        for term, value in terms.items():
+            gradients = dict(zip([id(v) for v in variables],
+                                 tape.gradient(value, variables, unconnected_gradients=tf.UnconnectedGradients.ZERO)))
+            for group in BALANCE_GROUPS:
+                norms[f"{term}/{group}"] = tf.linalg.global_norm(
+                    [gradients[id(v)] for v in groups[group]])
+        del tape
+        return norms
 
     # ---- steps ---------------------------------------------------------------------------
     @property
@@ -364,4 +445,6 @@ class Explainer(keras.Model):
                 "norm_momentum": self.norm_momentum, "norm_positives_only": self.norm_positives_only,
                 "assignment_momentum": self.assignment_momentum,
                 "fusion_logit_scale": self.fusion_logit_scale, "objective": self.objective,
-                "scores_are_logits": self.scores_are_logits, "layer_dtype": self.layer_dtype.name}
+                "scores_are_logits": self.scores_are_logits, "layer_dtype": self.layer_dtype.name,
+                "use_masks": self.use_masks, "sharpness_rate": self.sharpness_rate,
+                "learn_sigma": self.learn_sigma}

@@ -1,20 +1,33 @@
-"""Filter losses that make a conv filter respond to one part (SPEC 2.4), as pluggable callables.
+"""Filter losses that make a conv filter respond to one part (docs/method.md), as pluggable callables.
 
-A filter loss is any callable `loss(maps, positive, mask) -> scalar` where
-- maps: float [B, h, w, C], post-ReLU activations of the filters (this replica's batch);
+A filter loss is any callable `loss(maps, positive, mask, centres=None) -> scalar` where
+- maps: float [B, h, w, C], the tensor the loss is put on (this replica's batch);
 - positive: float [B, C], 1 where image b is of filter c's category, else 0;
-- mask: the `PartMask` whose templates (form, centre rule, sharpness) the loss uses.
-It returns this replica's share of the batch loss: summing the shares over replicas gives the
-loss of the global batch, so the summed gradients are the global gradient (SPEC 6.2).
-Register new ones with `register_filter_loss(name)`; the explainer takes a name or a callable.
+- mask: the `PartMask` whose template form, centre rule and sharpness the loss uses;
+- centres: optional [B, C, 2] template centres (default: the mask's centre rule on `maps`).
+It returns this replica's share of a batch-mean loss: summed over replicas it is the global
+batch's loss, so the summed gradients are the global gradient. The explainer multiplies it by
+lambda * kappa_t (`filter_loss_scale`). Register new losses with `register_filter_loss(name)`.
 """
 
-import math
 
 import tensorflow as tf
 
 from tf_explainer import templates
 from tf_explainer.distribute import global_batch, global_batch_size, num_replicas
+
+# The authors' gradient scale kappa_0 for a loss summed over the batch (their logistic loss); the
+# explainer divides it by the 1-based epoch t and multiplies it by lambda.
+KAPPA_0 = 1e-6
+# Temperature a of the strengths s = mean(x * T): 0.5 in the authors' code; the paper's
+# <x, T> = tau n^2 mean(x * T) with tau = 0.5 / n^2 is mean(x * T) / 2, i.e. a = 2.
+TEMPERATURES = {"official": 0.5, "paper": 2.0}
+
+
+def filter_loss_scale(filter_loss_weight, epoch):
+    """lambda * kappa_0 / t, the factor on the filter losses at 1-based epoch t."""
+    return filter_loss_weight * KAPPA_0 / tf.cast(epoch, tf.float32)
+
 
 _REGISTRY = {}
 
@@ -44,7 +57,7 @@ def _compute_dtype(maps):
 
 
 @register_filter_loss("exact")
-def exact_mutual_information(maps, positive=None, mask=None):
+def exact_mutual_information(maps, positive=None, mask=None, centres=None):
     """-MI(X; T) summed over filters, X = this replica's batch, T = the n^2 + 1 paper templates.
 
     p(x|T) = exp(<x,T>) / Z_T with Z_T over the batch; priors uniform 1/(n^2+1). All <x,T> come
@@ -66,76 +79,73 @@ def exact_mutual_information(maps, positive=None, mask=None):
     return -tf.reduce_sum(mi) / num_replicas()
 
 
-def target_weights(strength, members, temperature):
-    """Per-image weights g = exp(s/a) (s - a log Z + a) of the approximate gradient.
+def normalised_weights(strength, z_strength, members, temperature):
+    """Per-image weights g = exp(s/a) (s - a log Z + a), each divided by its signed mean over
+    the member images of its channel (global batch); non-members get 0.
 
-    Z is the mean of exp(s/a) over the member images of each channel in the global batch, so
-    exp(s/a - log Z) <= batch size and nothing overflows. g is divided by its mean magnitude over
-    the members (the mean itself can be ~0 or negative, which would flip or blow up the step);
-    non-members get 0. strength, members: float32 [B, C].
+    strength: [B, C] the images' own strengths s; z_strength: [B, C] the strengths whose
+    exp(./a) averaged over **all** batch images gives Z (as the authors compute it); members:
+    [B, C] 0/1. Every exponent is shifted by the channel's largest s/a, a factor the signed-mean
+    normalisation cancels, so nothing overflows; only a mean within 1e-12 of 0 is guarded.
     """
     a = temperature
-    all_s, all_members = global_batch(strength), global_batch(members)
+    all_s, all_z, all_members = global_batch(strength), global_batch(z_strength), global_batch(members)
     count = tf.reduce_sum(all_members, axis=0)
-    scaled = tf.where(all_members > 0, all_s / a, tf.fill(tf.shape(all_s), -math.inf))
-    log_z = tf.reduce_logsumexp(scaled, axis=0) - tf.math.log(tf.maximum(count, 1.0))
-    log_z = tf.where(count > 0, log_z, 0.0)
+    log_z = (tf.reduce_logsumexp(all_z / a, axis=0)
+             - tf.math.log(tf.cast(tf.shape(all_z)[0], tf.float32)))
+    shift = tf.stop_gradient(tf.reduce_max(all_s / a, axis=0))
 
     def weight(s, m):
-        exponent = tf.where(m > 0, s / a - log_z, 0.0)
-        return m * tf.exp(exponent) * (s - a * log_z + a)
+        return m * tf.exp(tf.where(m > 0, s / a - shift, 0.0)) * (s - a * log_z + a)
 
-    norm = tf.reduce_sum(tf.abs(weight(all_s, all_members)), axis=0) / tf.maximum(count, 1.0)
-    return weight(strength, members) / tf.maximum(norm, 1e-12)
+    mean = tf.reduce_sum(weight(all_s, all_members), axis=0) / tf.maximum(count, 1.0)
+    guarded = tf.where(tf.abs(mean) < 1e-12, tf.where(mean < 0, -1e-12, 1e-12), mean)
+    return weight(strength, members) / guarded
 
 
-def _approximate(maps, positive, mask, temperature, negative_sign):
-    """Approximate filter loss: only each image's target template T_hat contributes.
+@register_filter_loss("approximate")
+def approximate_filter_loss(maps, positive, mask, centres=None):
+    """The authors' training gradient (only each image's target template counts).
 
-    Positives: gradient -g * m (m the unit template at the peak, unclamped), raising activations
-    on the part and lowering them away from it. Negatives: gradient +g everywhere, lowering all
-    activations; negative_sign is the sign of the negative template in the strength s-. The
-    returned value is a readout (mean negative activation minus mean positive strength); its
-    gradient is the custom one.
+    Positives: dL/dx = -g_hat * T (T the unit template at the centre, unclamped): raises
+    activations on the part, lowers them away from it. Negatives: dL/dx = +g-_hat everywhere,
+    with s- = mean(-x) (the constant -1 template). Both divided by the global batch size (a
+    batch-mean loss). log Z+ is over all batch images; with form="official" it uses the mask
+    array reversed along the batch and channel axes, exactly as the authors' code does (within
+    each replica's batch); the paper form pairs each image with its own template. The returned
+    value is a readout (mean of -s over positives plus mean activation over negatives); its
+    gradient is the custom one above.
     """
     x = tf.cast(maps, tf.float32)
-    m = tf.stop_gradient(mask.template(x))
+    template = tf.stop_gradient(mask.template(x, centres))
     pos = tf.cast(positive, tf.float32)
     neg = 1.0 - pos
+    temperature = TEMPERATURES[mask.form]
     batch_size = global_batch_size(tf.shape(x)[0])
 
     @tf.custom_gradient
     def loss(x):
-        s_pos = tf.reduce_mean(x * m, axis=[1, 2])
-        s_neg = negative_sign * tf.reduce_mean(x, axis=[1, 2])
-        g_pos = target_weights(s_pos, pos, temperature)
-        g_neg = target_weights(s_neg, neg, temperature)
-        value = tf.reduce_sum(negative_sign * s_neg * neg - s_pos * pos) / batch_size
+        s_pos = tf.reduce_mean(x * template, axis=[1, 2])
+        s_neg = -tf.reduce_mean(x, axis=[1, 2])
+        if mask.form == "official":
+            s_z = tf.reduce_mean(x * template[::-1, :, :, ::-1], axis=[1, 2])
+        else:
+            s_z = s_pos
+        g_pos = normalised_weights(s_pos, s_z, pos, temperature)
+        g_neg = normalised_weights(s_neg, s_neg, neg, temperature)
+        value = tf.reduce_sum(-s_neg * neg - s_pos * pos) / batch_size
 
         def grad(upstream):
             # Scale the per-image weights first: two full-size ops instead of four.
             scale = upstream / batch_size
-            return (scale * g_neg)[:, None, None, :] - (scale * g_pos)[:, None, None, :] * m
+            return (scale * g_neg)[:, None, None, :] - (scale * g_pos)[:, None, None, :] * template
 
         return value, grad
 
     return loss(x)
 
 
-@register_filter_loss("approximate")
-def approximate_filter_loss(maps, positive, mask):
-    """The authors' training gradient, in the form of `mask` (SPEC 2.4).
-
-    official: temperature a = 0.5 on s = mean(x * m), negatives s- = mean(x).
-    paper: <x, T> = tau * n^2 * mean(x * m) = mean(x * m) / 2, i.e. temperature 2, and the
-    negative template -tau gives s- = -mean(x).
-    """
-    if mask.form == "official":
-        return _approximate(maps, positive, mask, temperature=0.5, negative_sign=1.0)
-    return _approximate(maps, positive, mask, temperature=2.0, negative_sign=-1.0)
-
-
 @register_filter_loss("none")
-def no_filter_loss(maps, positive=None, mask=None):
+def no_filter_loss(maps, positive=None, mask=None, centres=None):
     """No interpretability loss: the explainer becomes a plain auto-encoder of the performer."""
     return tf.zeros([], tf.float32)

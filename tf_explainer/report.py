@@ -1,4 +1,4 @@
-"""An HTML report of one explainer that a person can read without TensorFlow (SPEC 5).
+"""An HTML report of one explainer that a person can read without TensorFlow (docs/method.md).
 
 Numbers alone do not say whether a part filter is a part: the report puts each conv-interp-2
 filter's strongest patches next to its distance statistics, and shows for a few probe images which
@@ -64,11 +64,14 @@ def write_report(explainer, performer, dataset, out_dir, class_names, landmark_n
     names = [str(name) for name in class_names]
     stability = evaluation.instability(collected, "part_maps", geometries["part_maps"],
                                        explainer.negative_class)
+    measured = {key: evaluation.parts(collected, key, geometries[key], explainer.negative_class)
+                for key in evaluation.PART_MAPS if key in collected.cells and key in geometries}
     body = [
         _header(explainer, collected, names),
-        _summary(collected, geometries, explainer.negative_class),
+        _summary(collected, geometries, explainer.negative_class, measured),
         _filters(out_dir, raws, part_maps, geometries["part_maps"], stability, filter_categories,
-                 names, landmark_names, collected.image_size, per_filter, max_filters),
+                 names, landmark_names, collected.image_size, per_filter, max_filters,
+                 measured["part_maps"]),
         _probes(out_dir, explainer, collected, raws[:probe_images], images[:probe_images],
                 part_maps[:probe_images], filter_categories, names),
     ]
@@ -122,21 +125,29 @@ def _header(explainer, collected, class_names):
             + _table(("", "value"), rows))
 
 
-def _summary(collected, geometries, negative_class):
+def _summary(collected, geometries, negative_class, measured):
     labels = {"target": "performer target layer", "top": "performer top conv",
               "part_maps": "explainer conv-interp-2"}
     rows = [(labels[key], _number(evaluation.instability(collected, key, geometries[key],
-                                                         negative_class).mean))
+                                                         negative_class).mean),
+             _number(measured[key].coverage, 2) if key in measured else "-",
+             _number(measured[key].duplicates, 2) if key in measured else "-")
             for key in evaluation.MAPS if key in collected.cells and key in geometries]
+    rows.append(("best fixed pixel (floor)",
+                 _number(evaluation.fixed_point_floor(collected, negative_class)), "-", "-"))
     return ("<h2>Performer vs explainer</h2>"
-            + _table(("map", "location instability"), rows)
-            + "<p class=\"note\">Spread of the distance between a filter's peak and each landmark "
-              "over its top images, divided by the image diagonal (SPEC 5); lower means more "
-              "part-like.</p>")
+            + _table(("map", "location instability", "part coverage", "duplicates"), rows)
+            + "<p class=\"note\">Location instability: spread of the distance between a filter's "
+              "peak and each landmark over its top images, divided by the image diagonal; lower "
+              "means more part-like, but a pixel that never moves already scores the floor. Part "
+              "coverage: fraction of landmarks that at least one filter detects (its peak within "
+              "10% of the diagonal of the landmark on at least half its top images, and 0.2 more "
+              "often than the best fixed pixel). Duplicates: fraction of filters that are dead or "
+              "whose peak strengths correlate >= 0.9 with another filter's (docs/method.md).</p>")
 
 
 def _filters(out_dir, raws, part_maps, geometry, stability, filter_categories, class_names,
-             landmark_names, image_size, per_filter, max_filters):
+             landmark_names, image_size, per_filter, max_filters, measured):
     order = np.argsort(np.where(np.isnan(stability.per_filter), np.inf, stability.per_filter),
                        kind="stable")[:max_filters]
     patch_size = visualize.default_patch_size(geometry, image_size)
@@ -147,9 +158,14 @@ def _filters(out_dir, raws, part_maps, geometry, stability, filter_categories, c
         name = f"filter_{f:03d}.png"
         _save(visualize.patch_grid(patches[f:f + 1]), os.path.join(out_dir, name), PATCH_SIDE)
         pixels = [_number(spread * diagonal, 1) for spread in stability.per_filter_landmark[f]]
+        part = landmark_names[measured.part[f]] if measured.part[f] >= 0 else "no part"
+        twins = ("dead" if measured.dead[f] else
+                 "twins: " + ", ".join(str(t) for t in measured.twins[f]) if measured.twins[f]
+                 else "no twin")
         sections.append(
             f"<div class=\"filter\"><h3>Filter {f}<br>"
             f"<span class=\"meta\">{_e(class_names[filter_categories[f]])}<br>"
+            f"part: {_e(part)}<br>{_e(twins)}<br>"
             f"instability {_number(stability.per_filter[f])}</span></h3>"
             f"<img src=\"{name}\" alt=\"top patches of filter {f}\">"
             + _landmark_table(landmark_names, pixels) + "</div>")

@@ -35,19 +35,21 @@ def _axis_coordinates(size: int, form: str) -> np.ndarray:
 def axis_distances(centres, shape, form="paper"):
     """Per-axis distances of every row and column to each centre, in the form's units.
 
-    centres: float [..., C, 2] (row, col) in cells; shape: (h, w). Returns float32 ([..., h, 1, C],
-    [..., 1, w, C]): the L1 distance is their (broadcast) sum, so templates cost one full-size op
-    for the distance instead of building both coordinates at full size.
+    centres: [..., C, 2] (row, col) cell indices; shape: (h, w). Returns float32 ([..., h, 1, C],
+    [..., 1, w, C]): the L1 distance is their (broadcast) sum. The official form looks the
+    centre's coordinate up in the same linspace table as the cells (as the authors' code does),
+    so a centre's own cell is at distance exactly 0.
     """
     if form not in FORMS:
         raise ValueError(f"Unknown template form {form!r}; expected one of {FORMS}.")
     h, w = shape
     rows = tf.constant(_axis_coordinates(h, form))
     cols = tf.constant(_axis_coordinates(w, form))
-    centres = tf.cast(centres, tf.float32)
     if form == "official":
-        mu_r, mu_c = _to_unit(centres[..., 0], h), _to_unit(centres[..., 1], w)
+        index = tf.cast(tf.round(tf.cast(centres, tf.float32)), tf.int32)
+        mu_r, mu_c = tf.gather(rows, index[..., 0]), tf.gather(cols, index[..., 1])
     else:
+        centres = tf.cast(centres, tf.float32)
         mu_r, mu_c = centres[..., 0] / h, centres[..., 1] / w
     mu_r = mu_r[..., None, None, :]  # [..., 1, 1, C]
     mu_c = mu_c[..., None, None, :]
@@ -57,14 +59,14 @@ def axis_distances(centres, shape, form="paper"):
 def l1_distance(centres, shape, form="paper"):
     """L1 distance of every cell to each centre, in the form's units.
 
-    centres: float [..., C, 2] (row, col) in cells; shape: (h, w). Returns float32 [..., h, w, C].
+    centres: [..., C, 2] (row, col) in cells; shape: (h, w). Returns float32 [..., h, w, C].
     """
     row_distance, col_distance = axis_distances(centres, shape, form)
     return row_distance + col_distance
 
 
 def unit_template(centres, shape, form="paper", sharpness=None, floor=-1.0):
-    """Unclamped unit templates max(1 - a * L1(cell, centre), floor), float32 [..., h, w, C].
+    """Unit templates max(1 - a * L1(cell, centre), floor), float32 [..., h, w, C].
 
     sharpness: per-channel a_d [C] for the official form (default 2); the paper form uses beta.
     floor: -1 is the template; 0 gives the mask max(T, 0) directly.
@@ -75,16 +77,7 @@ def unit_template(centres, shape, form="paper", sharpness=None, floor=-1.0):
         a = 2.0
     else:
         a = tf.cast(sharpness, tf.float32)
-    row_distance, col_distance = axis_distances(centres, shape, form)
-    # 1 - a * (r + c) with the scaling done on the small per-axis tensors.
-    return tf.maximum((0.5 - a * row_distance) + (0.5 - a * col_distance), floor)
-
-
-def _to_unit(index, size):
-    """Cell index -> the official form's [-1, 1] coordinate."""
-    if size == 1:
-        return tf.zeros_like(index)
-    return -1.0 + 2.0 * index / (size - 1)
+    return tf.maximum(1.0 - a * l1_distance(centres, shape, form), floor)
 
 
 def template_bank(h: int, w: int, dtype=tf.float32):

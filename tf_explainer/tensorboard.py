@@ -23,6 +23,8 @@ from tf_explainer import evaluation, visualize
 
 PROBE_RUN = "probe"
 LOSS_TERMS = ("loss", "reconstruction", "log_p", "filter_interp_1", "filter_interp_2")
+# Probe-batch measures also added to the epoch logs (and so to the training history).
+PROBE_LOGS = ("part_coverage", "duplicate_filters", "instability_explainer")
 # Metrics of the hparams dashboard: probe scalar name -> display name.
 HPARAM_METRICS = {"instability_explainer": "instability (explainer)",
                   "instability_performer_top": "instability (performer top conv)",
@@ -43,7 +45,11 @@ def scalars_layout():
                             chart=[_chart(term, f"^epoch_{term}$") for term in LOSS_TERMS]),
         layout_pb2.Category(title="Fusion", chart=[_chart("p", "^epoch_p$", f"{probe}p$")]),
         layout_pb2.Category(title="Interpretability", chart=[
-            _chart("location instability", f"{probe}instability_")]),
+            _chart("location instability", f"{probe}instability_"),
+            _chart("part coverage", f"{probe}part_coverage"),
+            _chart("duplicate filters", f"{probe}duplicate_filters")]),
+        layout_pb2.Category(title="Balance", chart=[
+            _chart("gradient-norm ratio to the reconstruction's", "^epoch_grad_ratio_")]),
         layout_pb2.Category(title="Classification", chart=[
             _chart("accuracy", "^epoch_(performer|reconstructed)_accuracy$",
                    f"{probe}(performer|reconstructed)_accuracy$"),
@@ -102,10 +108,13 @@ class ExplainerTensorBoard(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if (epoch + 1) % self.every_n_epochs:
             return
-        self.write_probe(epoch)
+        result = self.write_probe(epoch)
+        if logs is not None:  # into the history, so a run's record shows when filters collapse
+            logs.update({f"probe_{key}": result[key] for key in PROBE_LOGS if key in result})
 
     def write_probe(self, step):
-        """The probe batch's metrics, pictures and part-map histograms at `step`."""
+        """The probe batch's metrics, pictures and part-map histograms at `step`; returns the
+        probe batch's evaluation."""
         explainer = self.model
         result = evaluation.evaluate(explainer, tf.data.Dataset.from_tensors(self.probe_batch),
                                      self.geometries)
@@ -116,7 +125,7 @@ class ExplainerTensorBoard(keras.callbacks.Callback):
         part_maps = explainer(target, training=False)["part_maps"]
         with self._writer.as_default(step=step):
             for name, value in result.items():
-                if name != "num_images":
+                if isinstance(value, float):  # numbers only: the per-filter tables are not
                     tf.summary.scalar(f"{PROBE_RUN}/{name}", value)
             for name, value in images.items():
                 tf.summary.image(f"images/{name}", value, max_outputs=self.max_images)
@@ -124,6 +133,7 @@ class ExplainerTensorBoard(keras.callbacks.Callback):
             for f in range(min(self.max_filters, part_maps.shape[-1])):
                 tf.summary.histogram(f"activations/filter_{f}", part_maps[..., f])
         self._writer.flush()
+        return result
 
     def on_train_end(self, logs=None):
         if self._writer is not None:

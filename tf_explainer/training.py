@@ -24,6 +24,7 @@ from tf_explainer.strategy import is_chief, writable_dir
 PERFORMER_FILE = "performer.keras"
 PERFORMER_DESCRIPTION = "performer.json"
 EXPLAINER_FILE = "explainer.keras"
+TRAINING_RECORD = "training.json"  # an explainer run's epochs, balance and convergence
 BACKUP_DIR = "backup"
 
 
@@ -49,7 +50,8 @@ def uses_custom_loop(strategy):
 def fit(model, train, validation, epochs, model_dir, callbacks=(), verbose=2):
     """Trains a compiled model for `epochs` with TensorBoard logs in log_dir(model_dir),
     resuming from its backup in model_dir. Returns the history {name: [value per epoch]}."""
-    callbacks = [keras.callbacks.TensorBoard(log_dir(model_dir)), *callbacks]
+    # TensorBoard last: callbacks before it may add to the epoch logs (e.g. GradientBalance).
+    callbacks = [*callbacks, keras.callbacks.TensorBoard(log_dir(model_dir))]
     backup = os.path.join(model_dir, BACKUP_DIR)
     if uses_custom_loop(model.distribute_strategy):
         return custom_fit(model, train, validation, epochs, backup, callbacks)
@@ -137,6 +139,8 @@ def custom_fit(model, train, validation, epochs, backup, callbacks=()):
         callback_list.on_epoch_end(index, logs)
         for name, value in logs.items():
             history.setdefault(name, []).append(value)
+        if model.stop_training:
+            break
     callback_list.on_train_end(logs)
     if is_chief(strategy):
         shutil.rmtree(backup, ignore_errors=True)
@@ -220,12 +224,57 @@ def make_optimizer(name, learning_rate, final_learning_rate=None, decay_steps=1,
     raise ValueError(f"Unknown optimizer {name!r}; use 'adam' or 'sgd'.")
 
 
+class Convergence(keras.callbacks.Callback):
+    """Stops training once the validation objective and p are on a plateau.
+
+    After each epoch: the objective has plateaued when it has not improved on its best value by
+    more than `min_delta` (relative) for `patience` epochs; p has plateaued when it moved less
+    than `p_tolerance` over those epochs. Training stops when both hold, or when the objective
+    has not improved for 2 x `patience` epochs whatever p does (p can keep drifting under the
+    -eta log p pull while the reconstruction only gets worse), or at the epoch limit fit was
+    given. `converged_epoch` is the 1-based epoch it stopped at, None if it never did.
+    """
+
+    def __init__(self, monitor="val_reconstruction", patience=2, min_delta=0.01, p_tolerance=0.01):
+        super().__init__()
+        self.monitor = monitor
+        self.patience = int(patience)
+        self.min_delta = float(min_delta)
+        self.p_tolerance = float(p_tolerance)
+        self.converged_epoch = None
+        self._best = None
+        self._since_best = 0
+        self._p = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        value, p = logs.get(self.monitor), logs.get("p")
+        if value is None or p is None:
+            return
+        if self._best is None or value < self._best * (1 - self.min_delta):
+            self._best, self._since_best = value, 0
+        else:
+            self._since_best += 1
+        self._p.append(p)
+        recent = self._p[-(self.patience + 1):]
+        p_flat = len(recent) > self.patience and max(recent) - min(recent) < self.p_tolerance
+        if (self._since_best >= self.patience and p_flat) or self._since_best >= 2 * self.patience:
+            self.converged_epoch = epoch + 1
+            self.model.stop_training = True
+            logging.info("Converged after epoch %d: %s has not improved by %.0f%% for %d epochs "
+                         "and p moved %.3g.", epoch + 1, self.monitor, 100 * self.min_delta,
+                         self.patience, max(recent) - min(recent))
+
+
 def train_explainer(explainer, train, test, model_dir, epochs, optimizer, verbose=2,
                     callbacks=()):
-    """Trains the explainer (custom train_step) and saves it as explainer.keras.
+    """Trains the explainer (custom train_step) for at most `epochs` and saves it as
+    explainer.keras.
 
     Build the explainer and create `optimizer` inside the strategy's scope; the explainer is
-    compiled in that scope here, with loss scaling when its layers are mixed_float16."""
+    compiled in that scope here, with loss scaling when its layers are mixed_float16. The
+    explainer learns the epoch length here, for its kappa_t = kappa_0 / epoch schedule."""
+    explainer.steps_per_epoch = steps_per_epoch(train)
     with explainer.distribute_strategy.scope():
         if explainer.needs_loss_scaling and not isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)

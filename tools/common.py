@@ -3,6 +3,7 @@
 Only tools read flags; they pass plain values to the library.
 """
 
+import copy
 import functools
 import os
 import time
@@ -42,10 +43,19 @@ flags.DEFINE_enum("pool_position", "A", POOL_POSITIONS, "A: mask then pool; B: p
 flags.DEFINE_enum("template_form", "paper", FORMS, "Part template form (SPEC 2.2).")
 flags.DEFINE_enum("centre", "argmax", ["argmax", "centroid"], "How a mask finds its part centre.")
 flags.DEFINE_enum("filter_loss", "approximate", registered_filter_losses(), "Filter loss.")
-flags.DEFINE_float("filter_loss_weight", 1.0, "lambda: weight of the filter losses.")
+flags.DEFINE_float("filter_loss_weight", 1.0,
+                   "lambda: multiplier on the authors' filter-loss scale 1e-6 / epoch. Replaced by "
+                   "the calibrated value when --filter_loss_balance > 0.")
+flags.DEFINE_float("filter_loss_balance", 1.0,
+                   "Sets lambda so that ||grad filter loss|| / ||grad reconstruction|| on "
+                   "conv-interp-2 equals this at the start of training (docs/method.md, Balance); "
+                   "0 uses --filter_loss_weight as given.")
 flags.DEFINE_float("eta", 1.0, "eta: weight of -log p.")
 flags.DEFINE_float("fusion_logit_scale", 1.0,
                    "Learning-rate multiplier for the fusion weight p under Adam (see TrackFusion).")
+flags.DEFINE_boolean("use_masks", True, "Apply the part masks (False: the 'no masks' ablation).")
+flags.DEFINE_boolean("learn_sigma", True, "Train the norms' sigma with the reconstruction gradient "
+                     "besides the running statistic (False: moving average only).")
 flags.DEFINE_enum("category_source", "prediction", CATEGORY_SOURCES,
                   "An image's category: the performer's prediction or the ground-truth label.")
 flags.DEFINE_boolean("norm_positives_only", True, "Estimate norms on positive images only.")
@@ -55,7 +65,12 @@ flags.DEFINE_enum("optimizer", "adam", ["adam", "sgd"], "Explainer optimiser.")
 flags.DEFINE_float("learning_rate", 1e-3, "Explainer initial learning rate.")
 flags.DEFINE_float("final_learning_rate", 1e-4, "Learning rate after the log decay.")
 flags.DEFINE_integer("decay_epochs", 10, "Epochs of log decay (SPEC 2.5).")
-flags.DEFINE_integer("epochs", 10, "Explainer training epochs.")
+flags.DEFINE_integer("epochs", 10, "Explainer training epochs at most (see --patience).")
+flags.DEFINE_integer("patience", 2, "Stop once the validation objective has not improved by "
+                     "--min_delta for this many epochs and p moved less than --p_tolerance over "
+                     "them; 0 trains all --epochs.")
+flags.DEFINE_float("min_delta", 0.01, "Relative improvement of the validation objective that counts.")
+flags.DEFINE_float("p_tolerance", 0.01, "Largest change of p over --patience epochs on a plateau.")
 
 # Feature cache (tools/cache_features.py writes it, train_explainer reads it).
 flags.DEFINE_string("feature_cache", None, "Folder of cached performer features; the explainer "
@@ -119,11 +134,18 @@ def splits(source, performer, training_flip=True, drop_remainder=False):
     return train, test
 
 
-def write_flags(model_dir):
-    """Saves the effective project flags as a flagfile that reruns the same job."""
+def write_flags(model_dir, overrides=None):
+    """Saves the effective project flags as a flagfile that reruns the same job; `overrides`
+    ({flag name: value}) are values the job used instead of the flags' (e.g. the demo's
+    ablations)."""
     os.makedirs(model_dir, exist_ok=True)
     path = os.path.join(model_dir, "flags.txt")
-    lines = [flag.serialize() for flag in FLAGS.get_flags_for_module(__name__)]
+    lines = []
+    for flag in FLAGS.get_flags_for_module(__name__):
+        if overrides and flag.name in overrides:
+            flag = copy.deepcopy(flag)
+            flag.value = overrides[flag.name]
+        lines.append(flag.serialize())
     with open(path, "w") as f:
         f.write("\n".join(line for line in lines if line) + "\n")
     logging.info("Effective flags written to %s", path)

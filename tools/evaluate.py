@@ -19,19 +19,34 @@ flags.DEFINE_string("baseline_dir", None, "Model directory of an Explainer+cls b
                     "(train_explainer --objective=classification) to report beside it.")
 
 
-def evaluate_dirs(performer_dir, model_dir, baseline_dir=None):
-    """Metrics of the explainer in model_dir (and the baseline), written under model_dir/eval."""
+def evaluate_dirs(performer_dir, model_dir, baseline_dir=None, others=None):
+    """Metrics of the explainer in model_dir and of the other explainers (baseline, ablations),
+    written under model_dir/eval (metrics.json, summary.txt).
+
+    others: {name: model directory} measured beside it (e.g. the demo's ablations); baseline_dir
+    is reported as "explainer_cls". Each explainer's training record (gradient-norm ratios per
+    epoch, converged epoch, lambda), when its directory has one, is included under "training".
+    """
     performer = training.load_performer(performer_dir)
     source = common.data_source()
     _, test = common.splits(source, performer)
     geometries = evaluation.performer_geometries(performer)
-    explainer = training.load_explainer(model_dir, performer)
-    metrics = {"explainer": evaluation.evaluate(explainer, test, geometries)}
-    if baseline_dir:
-        baseline = training.load_explainer(baseline_dir, performer)
-        metrics["explainer_cls"] = evaluation.evaluate(baseline, test, geometries)
-    probe = next(iter(test.unbatch().batch(FLAGS.probe_images)))
-    metrics["part_contributions"] = evaluation.top_contributions(explainer, probe, source.class_names)
+    dirs = {"explainer": model_dir, **({"explainer_cls": baseline_dir} if baseline_dir else {}),
+            **(others or {})}
+    metrics = {}
+    for name, directory in dirs.items():
+        explainer = training.load_explainer(directory, performer)
+        metrics[name] = evaluation.evaluate(explainer, test, geometries,
+                                            landmark_names=source.landmark_names,
+                                            class_names=source.class_names)
+        record = os.path.join(directory, training.TRAINING_RECORD)
+        if os.path.exists(record):
+            with open(record) as f:
+                metrics[name]["training"] = {k: v for k, v in json.load(f).items() if k != "history"}
+        if name == "explainer":
+            probe = next(iter(test.unbatch().batch(FLAGS.probe_images)))
+            metrics["part_contributions"] = evaluation.top_contributions(explainer, probe,
+                                                                         source.class_names)
     out_dir = os.path.join(model_dir, "eval")
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "metrics.json"), "w") as f:

@@ -4,44 +4,62 @@
       --performer_dir=runs/demo/performer --model_dir=runs/demo/explainer
 """
 
+import json
 import os
 
 import keras
+import tensorflow as tf
 from absl import app, logging
 
 from tools import common, evaluate
 from tools.common import FLAGS
 from tf_explainer import evaluation, training
+from tf_explainer.balance import GradientBalance, calibrated_filter_loss_weight
 from tf_explainer.build import build_explainer, initialize_statistics
 from tf_explainer.cache import read_feature_cache
 from tf_explainer.strategy import is_chief, precision_policy
 from tf_explainer.tensorboard import ExplainerTensorBoard
 
 
-def explainer_options(objective=None):
-    return dict(pool_position=FLAGS.pool_position, template_form=FLAGS.template_form,
-                centre=FLAGS.centre, filter_loss=FLAGS.filter_loss,
-                filter_loss_weight=FLAGS.filter_loss_weight, eta=FLAGS.eta,
-                fusion_logit_scale=FLAGS.fusion_logit_scale, objective=objective or FLAGS.objective,
-                category_source=FLAGS.category_source,
-                norm_positives_only=FLAGS.norm_positives_only)
+# Explainer options that the demo's ablations override; each has a flag of the same name.
+OPTION_FLAGS = ("pool_position", "template_form", "centre", "filter_loss", "filter_loss_weight",
+                "eta", "fusion_logit_scale", "objective", "category_source",
+                "norm_positives_only", "use_masks", "learn_sigma")
+BALANCE_BATCHES = 2  # validation batches the gradient-norm ratios are measured on
 
 
-def train(performer_dir, model_dir, objective=None):
+def explainer_options(overrides=None):
+    """Explainer keyword arguments from the flags, with `overrides` ({flag name: value})."""
+    options = {name: getattr(FLAGS, name) for name in OPTION_FLAGS}
+    options.update(overrides or {})
+    # The authors' sharpness step (SGD, lr multiplier 0.05 on a gradient of 1e4 per unit, over
+    # a summed batch) as a per-step rate toward the target, for any optimizer.
+    options["sharpness_rate"] = min(1.0, 0.05 * FLAGS.learning_rate * 1e4 / FLAGS.batch_size)
+    return options
+
+
+def train(performer_dir, model_dir, **overrides):
     """Builds, initialises and trains an explainer, unless model_dir holds a finished one.
 
-    objective overrides --objective (the demo trains the Explainer+cls baseline with it).
-    The performer and the explainer are built in --strategy's scope; the explainer (not the frozen
-    performer, whose features stay exact) under the --mixed_precision policy."""
+    overrides: flag values to use instead of the flags' (the demo's baseline and ablations, e.g.
+    objective="classification"); they are written into model_dir/flags.txt. The performer and
+    the explainer are built in --strategy's scope; the explainer (not the frozen performer, whose
+    features stay exact) under the --mixed_precision policy. Returns the training record
+    (history, balance per epoch, converged epoch, lambda), also saved as model_dir/training.json.
+    """
     strategy = common.strategy()  # first: multi_worker needs it before any other TensorFlow work
+    if overrides.get("objective") == "classification":
+        overrides.setdefault("category_source", "label")  # the baseline trains on labels
+    if overrides.get("filter_loss_weight") == 0 or overrides.get("filter_loss") == "none":
+        overrides.setdefault("filter_loss_balance", 0.0)
     if is_chief(strategy):
-        common.write_flags(model_dir)
+        common.write_flags(model_dir, overrides)
     with strategy.scope():
         performer = training.load_performer(performer_dir)
     saved = os.path.join(model_dir, training.EXPLAINER_FILE)
     if os.path.exists(saved) and not FLAGS.overwrite:
         logging.info("Reusing the finished explainer in %s (--overwrite retrains).", saved)
-        return
+        return None
     train_data, test_data = common.splits(common.data_source(), performer,
                                           drop_remainder=common.drop_remainder())
     if FLAGS.feature_cache:
@@ -50,20 +68,43 @@ def train(performer_dir, model_dir, objective=None):
         train_data = read_feature_cache(
             os.path.join(FLAGS.feature_cache, "train"), FLAGS.batch_size, shuffle_buffer=4096,
             seed=FLAGS.seed, drop_remainder=common.drop_remainder())
+        # Known length: Keras then knows where an epoch ends (no "ran out of data" warning).
+        train_data = train_data.apply(tf.data.experimental.assert_cardinality(
+            training.steps_per_epoch(train_data)))
     keras.utils.set_random_seed(FLAGS.seed)
+    options = explainer_options({k: v for k, v in overrides.items() if k in OPTION_FLAGS})
+    balance_target = overrides.get("filter_loss_balance", FLAGS.filter_loss_balance)
     with strategy.scope(), precision_policy(FLAGS.mixed_precision):
-        explainer = build_explainer(performer, **explainer_options(objective))
+        explainer = build_explainer(performer, **options)
         optimizer = training.make_optimizer(
             FLAGS.optimizer, FLAGS.learning_rate, FLAGS.final_learning_rate,
             decay_steps=FLAGS.decay_epochs * training.steps_per_epoch(train_data))
     logging.info("Initialising explainer statistics from one pass over the training data.")
     initialize_statistics(explainer, train_data)
+    balance_batches = list(test_data.take(BALANCE_BATCHES))
+    if balance_target > 0:  # against the run's objective: reconstruction, or the baseline's
+        explainer.filter_loss_weight = calibrated_filter_loss_weight(
+            explainer, balance_batches, balance_target)
     probe = ExplainerTensorBoard(
         training.log_dir(model_dir), next(iter(test_data)), evaluation.performer_geometries(performer),
         hparams={"learning_rate": FLAGS.learning_rate, "optimizer": FLAGS.optimizer,
-                 "objective": objective or FLAGS.objective})
-    training.train_explainer(explainer, train_data, test_data, model_dir, FLAGS.epochs, optimizer,
-                             callbacks=[probe])
+                 "objective": explainer.objective})
+    balance = GradientBalance(balance_batches)
+    convergence = training.Convergence(f"val_{explainer.objective}", FLAGS.patience,
+                                       FLAGS.min_delta, FLAGS.p_tolerance)
+    callbacks = [balance, probe] + ([convergence] if FLAGS.patience > 0 else [])
+    epochs = overrides.get("epochs", FLAGS.epochs)
+    history = training.train_explainer(explainer, train_data, test_data, model_dir, epochs,
+                                       optimizer, callbacks=callbacks)
+    record = {"epochs_trained": len(history.get("loss", [])), "max_epochs": epochs,
+              "converged_epoch": convergence.converged_epoch,
+              "steps": int(explainer.optimizer.iterations.numpy()),
+              "filter_loss_weight": explainer.filter_loss_weight,
+              "gradient_ratios": balance.history, "history": history}
+    if is_chief(strategy):
+        with open(os.path.join(model_dir, training.TRAINING_RECORD), "w") as f:
+            json.dump(record, f, indent=2)
+    return record
 
 
 def main(argv):

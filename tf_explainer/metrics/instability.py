@@ -1,4 +1,4 @@
-"""Location instability of filters (official protocol of Zhang et al., SPEC section 5).
+"""Location instability of filters (official protocol of Zhang et al.; docs/method.md).
 
 A filter that consistently fires on one object part keeps a fixed distance to every landmark of
 the object, so the spread of those distances over the images where it fires most measures how
@@ -62,6 +62,20 @@ def _diagonal(image_size) -> float:
     return float(np.hypot(height, width))
 
 
+def top_images(peak_values, eligible, landmark, top_k):
+    """Each filter's top_k images by peak value among those eligible for it with the landmark
+    annotated: (indices [top_k', F], counted [top_k', F] bool: the index is a real one).
+
+    Only the set matters to the metrics, so a partition beats a full sort (equal peak values at
+    the cut-off are broken arbitrarily). landmark: [N, 2] one landmark's (x, y), NaN if absent.
+    """
+    n = peak_values.shape[0]
+    usable = eligible & ~np.isnan(landmark).any(axis=-1)[:, None]
+    key = np.where(usable, -peak_values, np.inf)
+    top = np.argpartition(key, min(top_k, n) - 1, axis=0)[:top_k]
+    return top, np.take_along_axis(usable, top, axis=0)
+
+
 def _distance_spread(peak_xy, peak_values, landmarks, eligible, top_k, min_images):
     """D_fk [F, K] in pixels: std (ddof=1) of peak-to-landmark distance over the top_k images.
 
@@ -72,14 +86,9 @@ def _distance_spread(peak_xy, peak_values, landmarks, eligible, top_k, min_image
     k_count = landmarks.shape[1]
     spread = np.full((f, k_count), np.nan)
     for k in range(k_count):  # K is a handful of landmarks; each step is vectorised over N and F.
-        usable = eligible & ~np.isnan(landmarks[:, k, :]).any(axis=-1)[:, None]
-        key = np.where(usable, -peak_values, np.inf)
-        # Only the set of top_k images matters to a std, so a partition beats a full sort
-        # (equal peak values at the cut-off are broken arbitrarily).
-        top = np.argpartition(key, min(top_k, n) - 1, axis=0)[:top_k]
+        top, counted = top_images(peak_values, eligible, landmarks[:, k, :], top_k)
         chosen_xy = np.take_along_axis(peak_xy, top[..., None], axis=0)
         distance = np.linalg.norm(chosen_xy - landmarks[top, k, :], axis=-1)
-        counted = np.take_along_axis(usable, top, axis=0)
         ok = counted.sum(axis=0) >= min_images
         if ok.any():
             spread[ok, k] = np.nanstd(np.where(counted, distance, np.nan)[:, ok], axis=0, ddof=1)
@@ -148,6 +157,16 @@ def assign_filters_to_categories(peak_values, labels, num_classes: int,
     means = (one_hot.T.astype(np.float64) @ peak_values) / np.maximum(counts, 1)[:, None]
     means[~candidate] = -np.inf
     return means.argmax(axis=0)
+
+
+def location_instability_on(peak_xy, peak_values, landmarks, image_size, eligible,
+                            top_k: int = 100, min_images: int = 2) -> InstabilityResult:
+    """Location instability with each filter measured on its own images (eligible [N, F])."""
+    peak_xy, peak_values, landmarks = _check_inputs(
+        peak_xy, peak_values, landmarks, top_k, min_images)
+    spread = _distance_spread(peak_xy, peak_values, landmarks, np.asarray(eligible, bool), top_k,
+                              min_images)
+    return _summarise(spread, image_size, None)
 
 
 def location_instability_by_category(peak_xy, peak_values, landmarks, labels, image_size,
