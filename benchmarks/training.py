@@ -3,18 +3,23 @@
 Two explainers, random weights (the cost of a step does not depend on what the weights learned):
 - "default": build_explainer's defaults over the small_vgg performer (64 x 64 input, relu4
   16 x 16 x 64, pool A, paper templates), batch 64.
-- "vgg16": a VGG-16-shaped explainer, batch 8: target 14 x 14 x 512 (relu5_2, the target
-  SPEC 2.1 and build_vgg16 use), conv-interp-1 from conv5_3 (512, 3 x 3), pool5 7 x 7 x 512,
-  fc-dec 25088 -> 4096 -> 4096, head fc8 with 200 classes. Its performer is vgg16_top_performer:
-  VGG-16 above pool4 (block5_conv1..3, pool5, fc6, fc7, fc8) reading the 14 x 14 x 512 pool4
-  map. What lies below the target does not change the cost of an explainer step from cached
-  features, so the layers below pool4 are left out there.
+- "vgg16": a VGG-16-shaped explainer, batch 8: target 14 x 14 x 512 (relu5_2, the paper's
+  VGG-16 target, which build_vgg16 uses too), conv-interp-1 from conv5_3 (512, 3 x 3), pool5
+  7 x 7 x 512, fc-dec 25088 -> 4096 -> 4096, head fc8 with 200 classes. Its performer is
+  vgg16_top_performer: VGG-16 above pool4 (block5_conv1..3, pool5, fc6, fc7, fc8) reading the
+  14 x 14 x 512 pool4 map. What lies below the target does not change the cost of an explainer
+  step from cached features, so the layers below pool4 are left out there. Its epochs from
+  images also run the built-in full VGG-16 (build_performer("vgg16"), 224 x 224 input) in-step,
+  against a feature cache of the same images (include_full_vgg16).
 
 Keys of training.json. Times are seconds unless a key says ms. A timing summary is {"median",
 "iqr": [25th, 75th percentile], "range": [min, max]} over rounds; each round times every variant
 once, in rotating order, so that load from other jobs on a shared machine hits all variants alike.
 - cache_speedup: default network, seconds of one epoch trained from JPEG images (performer
   in-step) / one epoch trained from the feature cache (median of per-round ratios).
+- cache_speedup_vgg16: the same ratio on the VGG-16 shape: seconds of one epoch of 224 x 224
+  images through the full VGG-16 in-step / one epoch of the same images' features from the
+  feature cache (vgg16.epoch.speedup_vgg16 median; None without include_full_vgg16).
 - filter_loss_share_approx, filter_loss_share_exact: vgg16 (t_loss - t_none) / t_loss.
 - flops_ratio_vgg16: vgg16 achieved FLOP/s of the explainer step / float32 matmul FLOP/s.
 - peak_rss_mb: peak resident memory of the whole run (getrusage ru_maxrss).
@@ -37,9 +42,9 @@ once, in rotating order, so that load from other jobs on a shared machine hits a
     size of the LSP sample's photos (median 241 x 235), decoded and resized to 64 x 64 by the
     project's manifest pipeline). Both with the pipeline of tools/common.py splits(): shuffle,
     random flips, batch, preprocess. vgg16: "images_top" (vgg16_top_performer in-step, fed
-    pool4 maps: a lower bound of what the cache saves) and "images_vgg16" (the built-in VGG-16
-    at 224 x 224 in-step on in-memory images: what a VGG-16 user pays, less JPEG decoding;
-    with include_full_vgg16).
+    pool4 maps: a lower bound of what the cache saves), and with include_full_vgg16
+    "images_vgg16" (the built-in VGG-16 at 224 x 224 in-step on in-memory images: what a VGG-16
+    user pays, less JPEG decoding) and "cache_vgg16" (the feature cache of those images).
 - Epochs (default.epoch and images_per_second) run with tf.data autotuning off on every source
   (see without_autotune: TF 2.21's autotuner randomly stalls ~1 s at the start of an epoch).
 - default.epoch: seconds of one model.fit epoch of images_per_epoch images from each source
@@ -48,6 +53,12 @@ once, in rotating order, so that load from other jobs on a shared machine hits a
   (iterating the cache pipeline), "explainer_steps" (median approximate step x batches),
   "performer_forward" (the performer's taps on in-memory images), "pipeline_synthetic" and
   "pipeline_jpeg" (iterating the image pipelines), and "cache_dtype".
+- vgg16.epoch (with include_full_vgg16): seconds of one model.fit epoch of images_per_epoch
+  images of side image_side (224) with the full VGG-16 in-step ("images_vgg16") and from a
+  feature cache that write_feature_cache wrote from the same VGG-16 and images ("cache_vgg16"),
+  interleaved by round; "speedup_vgg16" (per-round ratios images / cache); "profile": seconds
+  per epoch of "cache_read" (iterating the cache pipeline), "performer_forward" (the VGG-16's
+  taps on the in-memory images) and "explainer_steps" (median approximate step x batches).
 """
 
 import dataclasses
@@ -81,8 +92,8 @@ class SwitchableFilterLoss:
     def __init__(self, name="approximate"):
         self.name = name
 
-    def __call__(self, maps, positive, mask):
-        return get_filter_loss(self.name)(maps, positive, mask)
+    def __call__(self, maps, positive, mask, centres=None):
+        return get_filter_loss(self.name)(maps, positive, mask, centres)
 
 
 def vgg16_top_performer(num_classes=200, grid=14, channels=512, fc_units=4096, seed=0):
@@ -290,7 +301,9 @@ class Config:
     epoch_rounds: int = 5  # rounds of (one epoch per data source)
     jpeg_side: int = 256  # side of the JPEGs the default network's uncached epoch decodes
     cache_dtype: str = "float32"
-    include_full_vgg16: bool = True  # also time the built-in VGG-16 (224 x 224) in-step
+    # Also time the built-in VGG-16 in-step (at 16 x grid px: 224) against its feature cache;
+    # needs vgg16_shape's channels and fc_units at VGG-16's 512 and 4096.
+    include_full_vgg16: bool = True
     vgg16_shape: dict = dataclasses.field(default_factory=dict)  # vgg16_top_performer kwargs
     matmul_size: int = 4096
 
@@ -353,34 +366,84 @@ def forward_seconds(performer, images, rounds):
     return float(np.median(interleaved_seconds({"forward": forward}, rounds)["forward"]))
 
 
+def _tap_shapes(performer):
+    """{tap name: shape of one example} of a performer's taps."""
+    return {name: tuple(t.shape[1:]) for name, t in performer.taps().output.items()}
+
+
+def full_vgg16(class_names, grid):
+    """The built-in VGG-16 (random weights) whose pool4 is grid x grid: input 16 * grid px, 224
+    for the VGG-16 shape's 14 x 14."""
+    return build_performer("vgg16", None, class_names=class_names, input_size=16 * grid)
+
+
+def full_vgg16_epochs(explainer, vgg16, config, work_dir):
+    """Epochs of the VGG-16-shaped explainer on the same images two ways: the full VGG-16
+    in-step ("images_vgg16", images already preprocessed in memory) and from a feature cache of
+    those images written by write_feature_cache ("cache_vgg16"), interleaved round by round.
+
+    `explainer` gets `vgg16` attached (its features have the shapes of the explainer's performer,
+    so the same explainer trains from either source). Returns ({name: [seconds]}, {"cache_read",
+    "performer_forward": seconds per epoch of each part alone})."""
+    batch_size = config.vgg16_batch_size
+    count = config.vgg16_epoch_batches * batch_size
+    rng = np.random.default_rng(1)
+    images = rng.uniform(-120, 120, (count,) + tuple(vgg16.input_size) + (3,)).astype(np.float32)
+    labels = rng.integers(0, len(vgg16.class_names), count).astype(np.int32)
+    image_batches = tf.data.Dataset.from_tensor_slices(
+        {"image": images, "label": labels}).batch(batch_size)
+    cache_dir = os.path.join(work_dir, "vgg16_full_cache")
+    write_feature_cache(vgg16.taps(), image_batches, cache_dir, dtype=config.cache_dtype)
+    cached = read_feature_cache(cache_dir, batch_size)
+    explainer.attach_performer(vgg16.taps())
+    explainer.make_train_function(force=True)
+    epochs = epoch_seconds(explainer, {"cache_vgg16": cached, "images_vgg16": image_batches},
+                           config.epoch_rounds)
+    profile = {"cache_read": iteration_seconds(cached, config.epoch_rounds),
+               "performer_forward": forward_seconds(
+                   vgg16, [b["image"] for b in image_batches], config.epoch_rounds)}
+    return epochs, profile
+
+
 def vgg16_shaped(config, work_dir):
     """The VGG-16-shaped explainer: step times per filter loss, FLOPs against a float32 matmul,
-    and images/s from the cache and with the performer in-step."""
+    images/s from the cache and with the performer in-step, and (include_full_vgg16) the epoch
+    with the full VGG-16 in-step against the same epoch from its feature cache."""
     batch_size = config.vgg16_batch_size
     performer = vgg16_top_performer(**config.vgg16_shape)
+    vgg16 = None
+    if config.include_full_vgg16:  # checked first: the step rounds before it take minutes
+        vgg16 = full_vgg16(performer.class_names, performer.model.inputs[0].shape[1])
+        if _tap_shapes(vgg16) != _tap_shapes(performer):
+            raise ValueError(
+                "include_full_vgg16 needs vgg16_shape at VGG-16's widths (channels 512, fc_units "
+                f"4096): the full VGG-16's features are {_tap_shapes(vgg16)}, the explainer's "
+                f"performer's {_tap_shapes(performer)}.")
     rng = np.random.default_rng(0)
     grid_shape = (batch_size,) + tuple(performer.model.inputs[0].shape[1:])
     labels = rng.integers(0, len(performer.class_names), batch_size).astype(np.int32)
     image_batch = {"image": tf.constant(rng.uniform(0, 1, grid_shape).astype(np.float32)),
                    "label": tf.constant(labels)}
     explainer, switch = _ready_explainer(performer, image_batch)
-    results, _ = step_benchmark(explainer, switch, _features(performer, image_batch), batch_size,
-                                config.vgg16_step_rounds, config.matmul_size)
+    results, seconds = step_benchmark(explainer, switch, _features(performer, image_batch),
+                                      batch_size, config.vgg16_step_rounds, config.matmul_size)
     pool4_batches = tf.data.Dataset.from_tensors(image_batch).repeat(config.vgg16_epoch_batches)
     cache_dir = os.path.join(work_dir, "vgg16_cache")
     write_feature_cache(performer.taps(), pool4_batches, cache_dir, dtype=config.cache_dtype)
     datasets = {"cache": read_feature_cache(cache_dir, batch_size), "images_top": pool4_batches}
     epochs = epoch_seconds(explainer, datasets, config.epoch_rounds)
-    if config.include_full_vgg16:
-        vgg16 = build_performer("vgg16", None, class_names=performer.class_names)
-        explainer.attach_performer(vgg16.taps())
-        explainer.make_train_function(force=True)
-        full = {"image": tf.random.uniform((batch_size,) + tuple(vgg16.input_size) + (3,), -120, 120),
-                "label": image_batch["label"]}
-        full_batches = tf.data.Dataset.from_tensors(full).repeat(config.vgg16_epoch_batches)
-        epochs.update(epoch_seconds(explainer, {"images_vgg16": full_batches}, config.epoch_rounds))
     images = config.vgg16_epoch_batches * batch_size
-    results["images_per_second"] = {name: images / float(np.median(v)) for name, v in epochs.items()}
+    if vgg16 is not None:
+        full, profile = full_vgg16_epochs(explainer, vgg16, config, work_dir)
+        epochs.update(full)
+        results["epoch"] = {
+            **{name: summary(values) for name, values in full.items()},
+            "speedup_vgg16": summary(np.divide(full["images_vgg16"], full["cache_vgg16"])),
+            "images_per_epoch": images, "image_side": int(vgg16.input_size[0]),
+            "profile": {**profile, "explainer_steps": float(
+                np.median(seconds["approximate"]) * config.vgg16_epoch_batches)}}
+    results["images_per_second"] = {name: images / float(np.median(v))
+                                    for name, v in epochs.items()}
     results["performer"] = ("vgg16_top_performer: pool4 (14 x 14 x 512) -> block5_conv1..3 -> pool5 "
                             "-> fc6, fc7, fc8; layers below the target do not change the cost of "
                             "a step from cached features")
@@ -395,6 +458,8 @@ def benchmark(config=None):
         vgg16 = vgg16_shaped(config, work_dir)
     return {
         "cache_speedup": default["epoch"]["speedup_jpeg"]["median"],
+        "cache_speedup_vgg16": (vgg16["epoch"]["speedup_vgg16"]["median"] if "epoch" in vgg16
+                                else None),
         "filter_loss_share_approx": vgg16["filter_loss_share"]["approximate"]["median"],
         "filter_loss_share_exact": vgg16["filter_loss_share"]["exact"]["median"],
         "flops_ratio_vgg16": vgg16["flops"]["ratio"],

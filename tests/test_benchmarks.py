@@ -9,6 +9,9 @@ from benchmarks import training
 from tf_explainer.build import build_explainer, initialize_statistics
 
 TINY_VGG = {"num_classes": 5, "grid": 4, "channels": 8, "fc_units": 16}
+# VGG-16's widths on a 2 x 2 pool4 grid: the built-in VGG-16 at 32 x 32 px matches it, so the
+# full-network epochs run too.
+SMALL_GRID_VGG = {"num_classes": 5, "grid": 2}
 
 
 @pytest.fixture(scope="module")
@@ -16,12 +19,13 @@ def results():
     return training.benchmark(training.Config(
         images_per_epoch=16, default_batch_size=8, default_step_rounds=3, vgg16_batch_size=4,
         vgg16_step_rounds=3, vgg16_epoch_batches=2, epoch_rounds=1, jpeg_side=32,
-        include_full_vgg16=False, vgg16_shape=TINY_VGG, matmul_size=256))
+        include_full_vgg16=True, vgg16_shape=SMALL_GRID_VGG, matmul_size=256))
 
 
 def test_training_benchmark_has_the_headline_keys_with_sane_values(results):
     saved = json.loads(json.dumps(results))
-    for key in ("cache_speedup", "flops_ratio_vgg16", "peak_rss_mb", "matmul_gflops"):
+    for key in ("cache_speedup", "cache_speedup_vgg16", "flops_ratio_vgg16", "peak_rss_mb",
+                "matmul_gflops"):
         assert saved[key] > 0, key
     for key in ("filter_loss_share_approx", "filter_loss_share_exact"):
         assert -1 < saved[key] < 1, key  # a noisy tiny run may time the loss below "none"
@@ -52,6 +56,29 @@ def test_default_epoch_compares_every_image_source_with_the_cache(results):
                  "pipeline_jpeg"):
         assert profile[part] > 0, part
     assert results["cache_speedup"] == epoch["speedup_jpeg"]["median"]
+
+
+def test_vgg16_epoch_compares_the_full_network_in_step_with_its_feature_cache(results):
+    section = results["vgg16"]
+    epoch = section["epoch"]
+    assert epoch["image_side"] == 32 and epoch["images_per_epoch"] == 8  # 16 x grid px; 2 x 4
+    for name in ("cache_vgg16", "images_vgg16"):
+        assert 0 < epoch[name]["median"], name
+        assert section["images_per_second"][name] == pytest.approx(8 / epoch[name]["median"])
+    assert set(section["images_per_second"]) == {"cache", "images_top", "cache_vgg16",
+                                                 "images_vgg16"}
+    # One round: the median of per-round ratios is the ratio of the two epochs.
+    assert epoch["speedup_vgg16"]["median"] == pytest.approx(
+        epoch["images_vgg16"]["median"] / epoch["cache_vgg16"]["median"], rel=1e-6)
+    assert results["cache_speedup_vgg16"] == epoch["speedup_vgg16"]["median"]
+    assert all(epoch["profile"][part] > 0
+               for part in ("cache_read", "performer_forward", "explainer_steps"))
+
+
+def test_full_vgg16_epochs_need_the_vgg16_widths(tmp_path):
+    config = training.Config(vgg16_shape=TINY_VGG, include_full_vgg16=True)
+    with pytest.raises(ValueError, match="channels 512, fc_units 4096.*'target': \\(4, 4, 512\\)"):
+        training.vgg16_shaped(config, str(tmp_path))
 
 
 def test_step_flops_count_forward_and_backward_of_each_layer():

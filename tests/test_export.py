@@ -1,5 +1,7 @@
-"""SavedModel export: signatures, values against the Keras objects, versions, assets, warmup."""
+"""SavedModel export: signatures, values against the Keras objects, versions, assets, warmup,
+input limits."""
 
+import io
 import os
 import subprocess
 import sys
@@ -7,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
+from PIL import Image
 from tensorflow_serving.apis import prediction_log_pb2
 
 from tf_explainer import evaluation, export
@@ -15,6 +18,7 @@ from tf_explainer.metrics.instability import map_peaks
 from tiny import image_batches, tiny_performer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MAX_PIXELS = 5000  # above every image these tests send (72 x 72 at most), below 80 x 80
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +30,8 @@ def exported(tmp_path_factory):
     explainer.fit(image_batches(num_batches=2).map(lambda b: {**b, "image": b["image"] * 255.0}),
                   epochs=1, verbose=0)
     base = str(tmp_path_factory.mktemp("export"))
-    path = export.export_explainer(explainer, performer, base, "explainer")
+    path = export.export_explainer(explainer, performer, base, "explainer",
+                                   max_image_pixels=MAX_PIXELS)
     return performer, explainer, base, path
 
 
@@ -147,6 +152,7 @@ def test_assets_hold_class_names_and_filter_metadata(exported):
     assert [f["category_index"] for f in metadata["filters"]] == categories.tolist()
     assert all(f["category"] != "background" for f in metadata["filters"])  # negative class
     assert metadata["layer"] == "conv_interp_2" and metadata["map_shape"] == [8, 8, 16]
+    assert metadata["max_image_pixels"] == MAX_PIXELS
     geometry = evaluation.performer_geometries(performer)["part_maps"]
     assert metadata["receptive_field"] == {"stride": geometry.stride, "offset": geometry.offset}
 
@@ -165,3 +171,113 @@ def test_warmup_requests_parse_and_replay(exported):
         outputs = loaded.signatures[request.model_spec.signature_name](**inputs)
         assert outputs["probabilities"].shape[0] == 1
     assert sorted(signatures) == sorted(export.SIGNATURES)
+
+
+def _encoded(image, format, **options):
+    """uint8 [H, W, 3] as an image file; [N, H, W, 3] as an animation of N frames."""
+    buffer = io.BytesIO()
+    frames = [Image.fromarray(frame) for frame in (image if image.ndim == 4 else [image])]
+    frames[0].save(buffer, format=format, save_all=len(frames) > 1, append_images=frames[1:],
+                   **options)
+    return buffer.getvalue()
+
+
+def _top_down_bmp(image):
+    """A BMP with a negative height: rows stored top to bottom."""
+    data = bytearray(_encoded(image[::-1], "BMP"))
+    data[22:26] = (-image.shape[0]).to_bytes(4, "little", signed=True)
+    return bytes(data)
+
+
+def _header_check(data, max_pixels=10**6):
+    """encoded_image_size's [height, width], once image_header_check passes."""
+    data = tf.constant(data)
+    export.image_header_check(data, tf.constant(0, tf.int64), max_pixels)
+    return export.encoded_image_size(data)[1].numpy().tolist()
+
+
+def test_image_sizes_come_from_the_header_of_every_format_decoded():
+    image = _images((37, 53, 3))
+    files = {"jpeg": _encoded(image, "JPEG"), "progressive jpeg": _encoded(image, "JPEG",
+                                                                          progressive=True),
+             "png": _encoded(image, "PNG"), "bmp": _encoded(image, "BMP"),
+             "top-down bmp": _top_down_bmp(image), "webp": _encoded(image, "WEBP"),
+             "lossless webp": _encoded(image, "WEBP", lossless=True),
+             "extended webp": _encoded(image, "WEBP", exif=b"Exif\0\0tag")}
+    for name, data in files.items():
+        assert _header_check(data) == [37, 53], name
+        decoded = tf.io.decode_image(data, channels=3, expand_animations=False)
+        assert decoded.shape == (37, 53, 3), name  # the size checked is the size decoded
+    with pytest.raises(tf.errors.InvalidArgumentError, match="37 x 53 = 1961 pixels, over the "
+                       "limit of 1960 pixels"):
+        _header_check(files["png"], max_pixels=1960)
+
+
+@pytest.mark.parametrize("data, phrase", [
+    (_encoded(_images((8, 9, 3)), "GIF"), "is a GIF"),
+    (_encoded(_images((2, 8, 9, 3)), "WEBP"), "is an animated WebP"),
+    (b"\xff\x0a" + bytes(40), "is a JPEG XL file"),
+    (b"\0\0\0\x0cJXL \r\n\x87\n" + bytes(40), "is a JPEG XL file"),
+    (b"not an image", "is not an image file that image_bytes decodes"),
+    (b"", "is not an image file"),
+], ids=["gif", "animated-webp", "jpeg-xl", "jpeg-xl-container", "text", "empty"])
+def test_formats_whose_header_does_not_bound_decoding_are_refused(data, phrase):
+    with pytest.raises(tf.errors.InvalidArgumentError, match=phrase + ".*takes JPEG, PNG, BMP, "
+                       "WebP files"):
+        _header_check(data)
+
+
+def test_signatures_refuse_images_over_the_pixel_limit(exported):
+    _, _, _, path = exported
+    loaded = tf.saved_model.load(path)
+    large = _images((1, 80, 80, 3))
+    for name in ("serving_default", "classify"):
+        with pytest.raises(tf.errors.InvalidArgumentError, match="image is 80 x 80 = 6400 "
+                           f"pixels, over the limit of {MAX_PIXELS}"):
+            loaded.signatures[name](image=tf.constant(large))
+    small = tf.io.encode_jpeg(_images((70, 70, 3))).numpy()  # 4900 pixels: within the limit
+    with pytest.raises(tf.errors.InvalidArgumentError, match="image_bytes\\[1\\] is 80 x 80"):
+        loaded.signatures["image_bytes"](
+            image_bytes=tf.constant([small, _encoded(large[0], "PNG")]))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="image_bytes\\[0\\] is a GIF"):
+        loaded.signatures["image_bytes"](image_bytes=tf.constant([_encoded(large[0], "GIF")]))
+    assert loaded.signatures["image_bytes"](image_bytes=tf.constant([small]))["p"].shape == (1,)
+
+
+def test_lossless_formats_give_the_answer_of_their_pixels(exported):
+    _, _, _, path = exported
+    loaded = tf.saved_model.load(path)
+    image = _images((30, 41, 3), seed=7)
+    direct = loaded.signatures["serving_default"](image=tf.constant(image[None]))
+    files = [_encoded(image, "PNG"), _encoded(image, "BMP"), _top_down_bmp(image),
+             _encoded(image, "WEBP", lossless=True)]
+    out = loaded.signatures["image_bytes"](image_bytes=tf.constant(files))
+    for key in export.EXPLANATION_OUTPUTS:
+        np.testing.assert_allclose(out[key], np.repeat(direct[key], len(files), axis=0),
+                                   atol=1e-5, rtol=1e-5, err_msg=key)
+
+
+@pytest.mark.parametrize("transpose_a, transpose_b", [(False, False), (False, True),
+                                                      (True, False), (True, True)])
+def test_matmul_gradient_of_the_export_equals_tensorflows(transpose_a, transpose_b):
+    rng = np.random.default_rng(0)
+    a = tf.constant(rng.normal(size=(5, 3) if transpose_a else (3, 5)), tf.float32)
+    b = tf.constant(rng.normal(size=(4, 5) if transpose_b else (5, 4)), tf.float32)
+    weights = tf.constant(rng.normal(size=(3, 4)), tf.float32)
+
+    def product():
+        return tf.reduce_sum(weights * tf.matmul(a, b, transpose_a=transpose_a,
+                                                 transpose_b=transpose_b))
+
+    @tf.function
+    def with_export_gradient():
+        with tf.compat.v1.get_default_graph().gradient_override_map(
+                {"MatMul": export._MATMUL_GRADIENT}):
+            y = product()
+        return tf.gradients(y, [a, b])
+
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch([a, b])
+        y = product()
+    for mine, reference in zip(with_export_gradient(), tape.gradient(y, [a, b])):
+        np.testing.assert_allclose(mine, reference, rtol=1e-6, atol=1e-6)

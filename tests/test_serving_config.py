@@ -2,6 +2,7 @@
 
 import base64
 import configparser
+import gc
 import os
 import re
 
@@ -155,3 +156,46 @@ def test_json_values_are_checked(value, dtype, message):
 def test_malformed_bodies_are_invalid_arguments(body, message):
     with pytest.raises(ServingError, match=message):
         codec.parse_predict_body(body)
+
+
+def _collections_while(function):
+    """How many garbage collections start while `function` runs."""
+    started = []
+
+    def callback(phase, info):
+        if phase == "start":
+            started.append(info["generation"])
+
+    gc.callbacks.append(callback)
+    try:
+        function()
+    finally:
+        gc.callbacks.remove(callback)
+    return len(started)
+
+
+def test_json_tensors_are_parsed_with_the_garbage_collector_paused():
+    """A 224 x 224 RGB image as JSON is 50,000 lists; without the pause their allocation sets
+    off collections (each a walk of every object in a process holding TensorFlow)."""
+    image = np.random.default_rng(0).integers(0, 256, (1, 224, 224, 3), dtype=np.uint8)
+    body = codec.predict_request_body({"image": image})
+
+    def parse():
+        _, form, payload = codec.parse_predict_body(body)
+        values = codec.named_inputs(form, payload, {"image": None})
+        return codec.array_from_json(values["image"], np.uint8, "image")
+
+    assert _collections_while(parse) > 0
+    with codec.gc_paused():
+        assert _collections_while(parse) == 0
+    assert gc.isenabled()
+    with codec.gc_paused(), codec.gc_paused():  # nested: one pause, restored at the end
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with codec.gc_paused():
+            pass
+        assert not gc.isenabled()  # a collector that was off stays off
+    finally:
+        gc.enable()

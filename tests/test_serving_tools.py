@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+import requests
 from PIL import Image
 
 from tf_explainer.build import build_explainer
@@ -19,6 +20,7 @@ from tiny import tiny_performer  # noqa: E402
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
 CLASS_NAMES = ["heron", "gull", "crow"]
+MAX_BODY = 1_000_000
 
 
 def _tool(name, *args):
@@ -39,7 +41,7 @@ def served(tmp_path_factory):
     with open(log, "w") as stderr:
         process = subprocess.Popen(
             [sys.executable, "-m", "tools.serve", f"--model_config_file={config}",
-             "--rest_port=0", "--grpc_port=0",
+             "--rest_port=0", "--grpc_port=0", f"--max_request_body_bytes={MAX_BODY}",
              f"--batching_parameters_file={ROOT}/serving/batching_parameters.txt"],
             cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=stderr, text=True)
     addresses = {}
@@ -112,6 +114,14 @@ def test_explain_reports_bad_input_and_refusals_clearly(served, photo, tmp_path)
     result = _tool("explain", f"--server={rest_url}", "--model_name=fish", f"--image={photo}")
     assert result.returncode != 0
     assert "refused the request: NOT_FOUND (HTTP 404): Servable not found" in result.stderr
+
+
+def test_serve_refuses_bodies_over_its_limit(served):
+    rest_url, _, _ = served
+    response = requests.post(f"{rest_url}/v1/models/birds:predict", data=b"x" * (MAX_BODY + 1),
+                             timeout=60)
+    assert response.status_code == 413
+    assert f"over the limit of {MAX_BODY} bytes" in response.json()["error"]
 
 
 def test_serve_needs_exactly_one_model_source():

@@ -189,8 +189,10 @@ def test_export_tool_writes_numbered_versions(performer_dir, explainer_dir, tmp_
     base = tmp_path / "models"
     args = [f"--performer_dir={performer_dir}", f"--model_dir={explainer_dir}", f"--export_base={base}",
             "--model_name=parts"]
-    assert f"Exported {base}/parts/1" in _tool("export", *args)
+    assert f"Exported {base}/parts/1" in _tool("export", *args, "--max_image_pixels=40000")
     assert f"Exported {base}/parts/2" in _tool("export", *args)
+    from tf_explainer.export import read_filter_metadata
+    assert read_filter_metadata(str(base / "parts" / "1"))["max_image_pixels"] == 40000
     assert sorted(os.listdir(base / "parts")) == ["1", "2"]
     env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "3"}
     again = subprocess.run([sys.executable, "-m", "tools.export", *args, "--version=2"], cwd=ROOT,

@@ -26,7 +26,8 @@ flags.DEFINE_string("server", None, "REST base URL (http://host:8501) or gRPC ho
 flags.DEFINE_enum("protocol", "rest", ["rest", "grpc"], "How to reach the server.")
 flags.DEFINE_string("model_name", "explainer", "Served model name.")
 flags.DEFINE_integer("model_version", None, "Version to ask for; the latest when unset.")
-flags.DEFINE_string("image", None, "A JPEG or PNG file.")
+flags.DEFINE_string("image", None, "A JPEG, PNG, BMP or WebP file (what the image_bytes "
+                    "signature decodes).")
 flags.DEFINE_integer("top", 5, "How many parts to show.")
 flags.DEFINE_string("overlay_png", None, "Where to write the image with the top parts drawn on.")
 flags.DEFINE_string("assets_dir", None, "The exported version folder, or the model's base path, "

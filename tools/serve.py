@@ -8,7 +8,8 @@ It serves the same REST and gRPC API as tensorflow_model_server over the exporte
 so clients and tools can be developed and tested where the real server cannot be installed. Use
 the tensorflow/serving image for anything else (serving/README.md). Ports 0 pick free ones; the
 chosen ones are printed as "REST http://127.0.0.1:PORT" and "gRPC 127.0.0.1:PORT". Stops on
-SIGINT/SIGTERM.
+SIGINT/SIGTERM. A new version folder that fails to load (still being copied, corrupt) is
+reported in the model status and tried again when it changes; the serving version stays.
 """
 
 import signal
@@ -18,7 +19,8 @@ from absl import app, flags
 
 from tf_explainer.serving.config import (read_batching_parameters, read_model_server_config,
                                          single_model_config)
-from tf_explainer.serving.protocol import DEFAULT_GRPC_PORT, DEFAULT_REST_PORT
+from tf_explainer.serving.protocol import (DEFAULT_GRPC_PORT, DEFAULT_MAX_REQUEST_BODY_BYTES,
+                                           DEFAULT_REST_PORT)
 from tf_explainer.serving.server import ModelServer
 
 flags.DEFINE_string("model_name", "explainer", "Model name (with --model_base_path).")
@@ -31,6 +33,10 @@ flags.DEFINE_string("batching_parameters_file", None, "BatchingParameters text f
                     "max_batch_size bounds every request's batch (the double does not batch).")
 flags.DEFINE_float("file_system_poll_wait_seconds", 1.0,
                    "How often base paths are scanned for new versions (0: only at start).")
+flags.DEFINE_integer("max_request_body_bytes", DEFAULT_MAX_REQUEST_BODY_BYTES,
+                     "REST request bodies over this many bytes are refused with HTTP 413 without "
+                     "being held in memory (a guard of the contract double).",
+                     lower_bound=1)
 FLAGS = flags.FLAGS
 
 
@@ -46,7 +52,8 @@ def main(argv):
     for number in (signal.SIGINT, signal.SIGTERM):
         signal.signal(number, lambda *_: stop.set())
     server = ModelServer(config, batching, rest_port=FLAGS.rest_port, grpc_port=FLAGS.grpc_port,
-                         poll_seconds=FLAGS.file_system_poll_wait_seconds).start()
+                         poll_seconds=FLAGS.file_system_poll_wait_seconds,
+                         max_request_body_bytes=FLAGS.max_request_body_bytes).start()
     print(f"REST {server.rest_url}", flush=True)
     print(f"gRPC {server.grpc_target}", flush=True)
     stop.wait()

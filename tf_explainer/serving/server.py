@@ -12,10 +12,14 @@ exported SavedModel, on 127.0.0.1:
 
 Requests are validated against the signature (names, dtypes, shapes, batch size) before the
 model runs; every failure is an HTTP status with {"error": message} or a gRPC status with
-details, mapped as TF Serving maps them (bad input 400 / INVALID_ARGUMENT, unknown model or
-version 404 / NOT_FOUND). Versions are polled on disk and warmed up with the version's warmup
-requests. What it does not do (request batching, :classify/:regress, other platforms, ...) is
-listed in serving/README.md.
+details, mapped as TF Serving maps them (bad input 400 / INVALID_ARGUMENT, unknown signature
+400 / FAILED_PRECONDITION, unknown model or version 404 / NOT_FOUND, paths outside /v1/ 404).
+gRPC outputs fill the TensorProto's typed fields (float_val, int64_val, ...), as TF Serving's
+do. Versions are polled on disk, warmed up with the version's warmup requests, and replaced
+without ever dropping the serving one for a version that fails to load (servable.ServedModel).
+REST bodies over max_request_body_bytes are refused with 413 before they are read into memory.
+What it does not do (request batching, :classify/:regress, other platforms, ...) is listed in
+serving/README.md.
 """
 
 import http.server
@@ -31,7 +35,8 @@ from tensorflow_serving.apis import (get_model_metadata_pb2, model_pb2, model_se
 
 from tf_explainer.serving import codec
 from tf_explainer.serving.errors import ServingError, invalid_argument, not_found
-from tf_explainer.serving.protocol import GRPC_OPTIONS, SIGNATURE_DEF_FIELD
+from tf_explainer.serving.protocol import (DEFAULT_MAX_REQUEST_BODY_BYTES, GRPC_OPTIONS,
+                                           SIGNATURE_DEF_FIELD)
 from tf_explainer.serving.servable import ServedModel
 
 NOTICE = ("tf_explainer contract double: a DEVELOPMENT STAND-IN for TensorFlow Serving (same "
@@ -41,6 +46,12 @@ _VERSION = r"(?:/versions/(\d+)|/labels/([^/:]+))?"
 _PREDICT_PATH = re.compile(r"/v1/models/([^/:]+)" + _VERSION + r":(classify|regress|predict)",
                            re.IGNORECASE)
 _MODEL_PATH = re.compile(r"/v1/models(?:/([^/:]+))?" + _VERSION + r"(/metadata)?", re.IGNORECASE)
+# TF Serving's HTTP server hands only these paths to its REST API; others are 404.
+_API_PATH = re.compile(r"/v1/.*", re.IGNORECASE)
+# The listen backlog of TF Serving's HTTP server (libevent's evhttp listens with 128). Python's
+# default of 5 drops the SYNs of a burst of fresh connections: they wait a second to retry.
+LISTEN_BACKLOG = 128
+_DRAIN_CHUNK_BYTES = 1 << 20
 
 
 def _json(message) -> dict:
@@ -60,10 +71,12 @@ class ModelServer:
     batching_parameters: {field: value} (config.read_batching_parameters); only max_batch_size
     is enforced. Ports 0 pick free ones; the chosen ones are in rest_port and grpc_port after
     start(). poll_seconds: how often base paths are scanned for new versions (0: only at start).
+    max_request_body_bytes: larger REST bodies get 413 (gRPC keeps TF Serving's 2 GiB limit).
     """
 
     def __init__(self, model_server_config, batching_parameters=None, rest_port=0, grpc_port=0,
-                 host="127.0.0.1", poll_seconds=1.0, grpc_workers=8):
+                 host="127.0.0.1", poll_seconds=1.0, grpc_workers=8,
+                 max_request_body_bytes=DEFAULT_MAX_REQUEST_BODY_BYTES):
         max_batch_size = (batching_parameters or {}).get("max_batch_size")
         self.models = {}
         for model_config in model_server_config.model_config_list.config:
@@ -72,6 +85,7 @@ class ModelServer:
             self.models[model_config.name] = ServedModel(model_config, max_batch_size)
         self.host, self.rest_port, self.grpc_port = host, rest_port, grpc_port
         self.poll_seconds = poll_seconds
+        self.max_request_body_bytes = int(max_request_body_bytes)
         self._grpc_workers = grpc_workers
         self._http = self._grpc = None
         self._stopping = threading.Event()
@@ -86,8 +100,7 @@ class ModelServer:
             if not model.loaded_versions():
                 logging.warning("No versions of servable %s found under base path %s; polling.",
                                 model.name, model.base_path)
-        self._http = http.server.ThreadingHTTPServer((self.host, self.rest_port), _RestHandler)
-        self._http.daemon_threads = True
+        self._http = _HttpServer((self.host, self.rest_port), _RestHandler)
         self._http.model_server = self
         self.rest_port = self._http.server_address[1]
         self._grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=self._grpc_workers),
@@ -149,6 +162,15 @@ class ModelServer:
 
     # ---- REST -------------------------------------------------------------------------------
 
+    def rest_request(self, method, path, body) -> bytes:
+        """The answer body to a REST call under /v1/; failures raise ServingError. As in TF
+        Serving, anything but GET of a model path or POST of a predict path is malformed."""
+        if method == "GET":
+            return self.rest_get(path)
+        if method == "POST":
+            return self.rest_post(path, body)
+        raise invalid_argument(f"Malformed request: {method} {path}")
+
     def rest_get(self, path) -> bytes:
         match = _MODEL_PATH.fullmatch(path)
         if not match:
@@ -176,12 +198,8 @@ class ModelServer:
             raise ServingError(f":{method} is not implemented by the contract double; use "
                                ":predict.", grpc.StatusCode.UNIMPLEMENTED)
         servable = self.servable(name, int(version) if version else None, label)
-        signature_name, form, payload = codec.parse_predict_body(body)
-        signature = servable.signature(signature_name)
-        values = codec.named_inputs(form, payload, signature.inputs)
-        signature.check_names(values)
-        arrays = {key: codec.array_from_json(value, signature.inputs[key].numpy_dtype, key)
-                  for key, value in values.items()}
+        with codec.gc_paused():
+            signature, form, arrays = _json_inputs(servable, body)
         return codec.predict_response_body(servable.predict(signature, arrays), form)
 
     # ---- gRPC -------------------------------------------------------------------------------
@@ -209,6 +227,16 @@ class ModelServer:
         if label:
             version = self.servable(request.model_spec.name, label=label).version
         return self.model(request.model_spec.name).status(version)
+
+
+def _json_inputs(servable, body):
+    """(signature, form, numpy inputs) of a :predict body; the parsed JSON is freed on return."""
+    signature_name, form, payload = codec.parse_predict_body(body)
+    signature = servable.signature(signature_name)
+    values = codec.named_inputs(form, payload, signature.inputs)
+    signature.check_names(values)
+    return signature, form, {key: codec.array_from_json(value, signature.inputs[key].numpy_dtype,
+                                                        key) for key, value in values.items()}
 
 
 def _grpc_answer(context, handler, request):
@@ -241,22 +269,76 @@ class _ModelService(model_service_pb2_grpc.ModelServiceServicer):
         return _grpc_answer(context, self._server.grpc_status, request)
 
 
+class _HttpServer(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = LISTEN_BACKLOG
+
+
 class _RestHandler(http.server.BaseHTTPRequestHandler):
+    """Every method goes to ModelServer.rest_request (TF Serving answers unknown methods and
+    paths under /v1/ with a JSON 400, others with 404); every error body is {"error": ...}."""
     protocol_version = "HTTP/1.1"  # keep-alive, as clients with a session expect
     disable_nagle_algorithm = True  # headers and body go out at once, no 40 ms ACK stalls
     server_version = "tf-explainer-contract-double"
 
-    def do_GET(self):
-        self._answer(self.server.model_server.rest_get, self.path.split("?", 1)[0])
-
-    def do_POST(self):
-        length = self.headers.get("Content-Length")
-        if length is None or not length.isdigit():
-            self.close_connection = True
-            self._send(411, codec.error_body("A Content-Length header is required."))
+    def _dispatch(self):
+        body = self._read_body()
+        if body is None:
             return
-        body = self.rfile.read(int(length))
-        self._answer(self.server.model_server.rest_post, self.path.split("?", 1)[0], body)
+        path = self.path.split("?", 1)[0]
+        if not _API_PATH.fullmatch(path):
+            self._send(404, codec.error_body(f"Not found: {self.command} {path} (TF Serving's "
+                                             "REST API is under /v1/)."))
+            return
+        self._answer(self.server.model_server.rest_request, self.command, path, body)
+
+    do_GET = do_HEAD = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_TRACE = _dispatch
+
+    def _content_length(self):
+        """The declared body length, or None when there is none or it is not a number."""
+        length = self.headers.get("Content-Length", "").strip()
+        return int(length) if length.isdigit() else None
+
+    def _too_large(self, length) -> bool:
+        return length is not None and length > self.server.model_server.max_request_body_bytes
+
+    def _refuse_too_large(self, length):
+        self.close_connection = True
+        limit = self.server.model_server.max_request_body_bytes
+        self._send(413, codec.error_body(f"The request body ({length} bytes) is over the limit "
+                                         f"of {limit} bytes (max_request_body_bytes)."))
+
+    def handle_expect_100(self):
+        """Refuses an oversized body before the client sends it (curl asks first for large
+        bodies)."""
+        length = self._content_length()
+        if self._too_large(length):
+            self._refuse_too_large(length)
+            return False
+        return super().handle_expect_100()
+
+    def _read_body(self):
+        """The request body (b"" when there is none), or None once an error has been sent.
+
+        A body over the limit is read and dropped in small chunks, so the client sees the 413
+        instead of a reset connection, without the server ever holding it."""
+        if "Transfer-Encoding" in self.headers or (
+                self.command == "POST" and self._content_length() is None):
+            self.close_connection = True
+            self._send(411, codec.error_body("A Content-Length header is required (chunked "
+                                             "bodies are not read)."))
+            return None
+        length = self._content_length() or 0
+        if not self._too_large(length):
+            return self.rfile.read(length)
+        remaining = length
+        while remaining > 0:
+            chunk = self.rfile.read(min(remaining, _DRAIN_CHUNK_BYTES))
+            if not chunk:
+                break
+            remaining -= len(chunk)
+        self._refuse_too_large(length)
+        return None
 
     def _answer(self, handler, *args):
         try:
@@ -272,8 +354,17 @@ class _RestHandler(http.server.BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
+        if self.close_connection:
+            self.send_header("Connection", "close")
         self.end_headers()
-        self.wfile.write(body)
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def send_error(self, code, message=None, explain=None):
+        """Protocol-level errors (bad request line, unsupported method, ...) as JSON too."""
+        self.close_connection = True
+        reason = message or self.responses.get(code, ("Error",))[0]
+        self._send(code, codec.error_body(f"{reason}{': ' + explain if explain else ''}"))
 
     def log_message(self, format, *args):
         logging.vlog(1, "REST %s", format % args)

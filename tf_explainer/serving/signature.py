@@ -14,6 +14,7 @@ import tensorflow as tf
 from tf_explainer.serving.codec import numpy_dtype
 from tf_explainer.serving.errors import invalid_argument
 
+
 @dataclasses.dataclass(frozen=True)
 class TensorInfo:
     """One input or output: dtype and shape (None dims are dynamic; shape None: unknown rank)."""
@@ -67,6 +68,11 @@ class Signature:
                                    f"{expected.name}, got {tf.as_dtype(dtype).name}.")
 
     def check_output_filter(self, output_filter):
+        """Known output names, each once (TF Serving refuses repeats rather than dropping them)."""
+        repeated = sorted({name for name in output_filter if list(output_filter).count(name) > 1})
+        if repeated:
+            raise invalid_argument(f"duplicate output tensor name: {repeated[0]} in output_filter "
+                                   f"of signature {self.name!r}.")
         unknown = sorted(set(output_filter) - set(self.outputs))
         if unknown:
             raise invalid_argument(f"Output tensor alias not found in signature {self.name!r}: "
