@@ -82,7 +82,7 @@ def _distance_spread(peak_xy, peak_values, landmarks, eligible, top_k, min_image
     `eligible` [N, F] says which images may count for each filter (all of them, or its category's);
     an image also needs landmark k annotated. Pairs with fewer than min_images images are NaN.
     """
-    n, f, _ = peak_xy.shape
+    f = peak_xy.shape[1]
     k_count = landmarks.shape[1]
     spread = np.full((f, k_count), np.nan)
     for k in range(k_count):  # K is a handful of landmarks; each step is vectorised over N and F.
