@@ -145,6 +145,24 @@ def test_custom_loop_resumes_after_a_crash_from_the_last_epoch(tmp_path):
     assert not os.path.exists(backup)
 
 
+def test_fit_resumes_when_killed_while_writing_the_backup(tmp_path):
+    """A kill in the middle of the epoch-end backup leaves a truncated weights file; the rerun
+    resumes from the epoch before it instead of failing to open the file."""
+    initial = _initial_weights()
+    default = tf.distribute.get_strategy()
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        training.fit(_explainer(default, initial), image_batches(**BATCHES), None, 3, str(tmp_path),
+                     [_CrashAtEpoch(2)])
+    weights = tmp_path / training.BACKUP_DIR / "latest.weights.h5"
+    data = weights.read_bytes()
+    weights.write_bytes(data[:len(data) // 3])  # what a SIGKILL during save_weights leaves
+    resumed = _explainer(default, initial)
+    history = training.fit(resumed, image_batches(**BATCHES), None, 3, str(tmp_path), verbose=0)
+    assert len(history["loss"]) == 2  # epochs 2 and 3: epoch 2's backup was lost, epoch 1's kept
+    _assert_weights_equal(_fit_one_device(initial, 3)[0], resumed.get_weights())
+    assert not (tmp_path / training.BACKUP_DIR).exists()
+
+
 # ---- multi-worker: 2 processes on 127.0.0.1 -------------------------------------------------
 def _run_cluster(command, tmp_path, name, timeout=300):
     """Runs command(index) as 2 workers, each with its TF_CONFIG and its own TMPDIR; checks they

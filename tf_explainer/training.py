@@ -55,8 +55,12 @@ def fit(model, train, validation, epochs, model_dir, callbacks=(), verbose=2):
     backup = os.path.join(model_dir, BACKUP_DIR)
     if uses_custom_loop(model.distribute_strategy):
         return custom_fit(model, train, validation, epochs, backup, callbacks)
+    # double_checkpoint: a run killed while the backup is being rewritten leaves a truncated
+    # weights file; Keras then restores the previous epoch's copy instead of failing to resume.
     history = model.fit(train, validation_data=validation, epochs=epochs, verbose=verbose,
-                        callbacks=[keras.callbacks.BackupAndRestore(backup), *callbacks])
+                        shuffle=False,  # our tf.data pipelines shuffle (data/pipeline.py, cache.py)
+                        callbacks=[keras.callbacks.BackupAndRestore(backup, double_checkpoint=True),
+                                   *callbacks])
     return {k: [float(v) for v in vs] for k, vs in history.history.items()}
 
 
