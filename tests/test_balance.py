@@ -36,7 +36,8 @@ def test_training_at_the_default_balance_logs_ratios_within_a_decade(tmp_path):
     explainer = _explainer(pool_position="B", eta=0.2)
     data = image_batches(3)
     batches = list(data.take(2))
-    explainer.filter_loss_weight = balance.calibrated_filter_loss_weight(explainer, batches, 1.0)
+    explainer.filter_loss_weight = balance.calibrated_filter_loss_weight(
+        explainer, batches, balance.DEFAULT_BALANCE)
     logger = balance.GradientBalance(batches)
     history = training.train_explainer(explainer, data, data, str(tmp_path), epochs=2,
                                        optimizer=keras.optimizers.Adam(1e-4), verbose=0,

@@ -31,7 +31,7 @@ def test_exact_gradient_matches_finite_differences_float64():
 
 
 def test_exact_gradient_matches_closed_form():
-    """dLoss/dx_ij = -sum_T p(T) t_ij p(x|T) [log(p(x|T)/p(x)) - KL_T] (SPEC 2.4)."""
+    """dLoss/dx_ij = -sum_T p(T) t_ij p(x|T) [log(p(x|T)/p(x)) - KL_T]."""
     rng = np.random.default_rng(1)
     x = rng.uniform(0, 30, (4, 3, 3, 1))
     _, grad = _exact_grad(x)

@@ -16,7 +16,7 @@ from tf_explainer.performers.spec import tap_model
     ("vgg16", ["block5_conv3", "block5_conv2"], (16.0, 8.5)),
 ])
 def test_reference_geometry_of_built_in_performers(name, layers, official):
-    """SPEC 3 values at 224/227 input, in the official 1-based convention."""
+    """The stride and first-cell centre of the official code, at 224/227 input (1-based)."""
     model = build_performer(name, 2).model
     for layer in layers:
         field = receptive_field(model, layer)

@@ -105,3 +105,29 @@ def test_fixed_point_instability_is_zero_for_fixed_landmarks_and_grows_with_moti
     # A fixed "filter" cannot beat its own best pixel: any single pixel scores at least the floor.
     corner = np.linalg.norm(moving - np.array([0.0, 0.0]), axis=-1).std(axis=0, ddof=1).mean()
     assert corner / np.hypot(*SIZE) >= floor
+
+
+def test_mean_offsets_give_where_the_peak_sits_relative_to_each_landmark():
+    landmarks = _landmarks()
+    rng = np.random.default_rng(7)
+    shift = np.array([[3.0, -2.0], [-5.0, 4.0]])  # filter j fires at landmark 1 plus shift[j]
+    peak_xy = landmarks[:, [1, 1], :] + shift[None]
+    values = rng.uniform(0.5, 2.0, (N, 2))
+    landmarks[: N // 2, 3] = np.nan  # landmark 3 is missing on half the images
+    eligible = np.ones(values.shape, bool)
+    offset = parts.mean_offsets(peak_xy, values, landmarks, eligible, top_k=50)
+    assert offset.shape == (2, K, 2)
+    np.testing.assert_allclose(offset[:, 1], shift, atol=1e-9)
+    # Relative to landmark 0 the offset is the (mean) landmark-0-to-1 vector plus the shift,
+    # taken over each filter's own 50 strongest images.
+    for j in range(2):
+        top = np.argsort(-values[:, j])[:50]
+        expected = (landmarks[top, 1] - landmarks[top, 0]).mean(axis=0) + shift[j]
+        np.testing.assert_allclose(offset[j, 0], expected, atol=1e-9)
+        usable = np.flatnonzero(~np.isnan(landmarks[:, 3, 0]))
+        top = usable[np.argsort(-values[usable, j])[:50]]
+        expected = (landmarks[top, 1] - landmarks[top, 3]).mean(axis=0) + shift[j]
+        np.testing.assert_allclose(offset[j, 3], expected, atol=1e-9)
+    result = parts.part_measures(peak_xy, values, landmarks, eligible, SIZE, top_k=50)
+    np.testing.assert_allclose(result.offset, offset)
+    assert np.isnan(parts.mean_offsets(peak_xy, values, landmarks, np.zeros_like(eligible))).all()

@@ -258,3 +258,20 @@ def test_model_without_fixed_input_size_is_rejected():
     x = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(2, 3, name="conv")(image))
     with pytest.raises(ValueError, match="fixed image input shape"):
         from_keras_model(keras.Model(image, x), "conv", ["conv"])
+
+
+def test_from_keras_model_on_a_sequential_model():
+    """A Sequential's graph: post-ReLU detection through pooling, taps from one forward pass."""
+    model = keras.Sequential([
+        keras.Input((32, 32, 3)), keras.layers.Conv2D(4, 3, strides=2, name="conv"),
+        keras.layers.ReLU(name="relu"), keras.layers.GlobalAveragePooling2D(name="pool"),
+        keras.layers.Dense(3, name="logits")], name="plain_sequential")
+    performer = from_keras_model(model, "relu", ["pool", "logits"], top_conv_layer="conv")
+    assert performer.decoder_activations == ["relu", None]
+    assert performer.target_shape == (15, 15, 4)
+    x = np.random.default_rng(5).uniform(-1, 1, (2, 32, 32, 3)).astype(np.float32)
+    out = performer.taps()(x)
+    np.testing.assert_allclose(out["scores"], model(x), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(out["recon_0"], tf.reduce_mean(out["target"], axis=[1, 2]),
+                               rtol=1e-5, atol=1e-5)
+    assert receptive_field(model, "relu").stride == 2.0

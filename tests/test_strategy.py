@@ -152,12 +152,13 @@ def test_fit_resumes_when_killed_while_writing_the_backup(tmp_path):
     default = tf.distribute.get_strategy()
     with pytest.raises(RuntimeError, match="simulated crash"):
         training.fit(_explainer(default, initial), image_batches(**BATCHES), None, 3, str(tmp_path),
-                     [_CrashAtEpoch(2)])
+                     "explainer", [_CrashAtEpoch(2)])
     weights = tmp_path / training.BACKUP_DIR / "latest.weights.h5"
     data = weights.read_bytes()
     weights.write_bytes(data[:len(data) // 3])  # what a SIGKILL during save_weights leaves
     resumed = _explainer(default, initial)
-    history = training.fit(resumed, image_batches(**BATCHES), None, 3, str(tmp_path), verbose=0)
+    history = training.fit(resumed, image_batches(**BATCHES), None, 3, str(tmp_path), "explainer",
+                           verbose=0)
     assert len(history["loss"]) == 2  # epochs 2 and 3: epoch 2's backup was lost, epoch 1's kept
     _assert_weights_equal(_fit_one_device(initial, 3)[0], resumed.get_weights())
     assert not (tmp_path / training.BACKUP_DIR).exists()

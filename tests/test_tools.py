@@ -14,9 +14,13 @@ TINY = ["--dataset=synthetic", "--num_train=96", "--num_test=48", "--num_categor
         "--batch_size=16", "--performer_epochs=2", "--epochs=2", "--decay_epochs=2"]
 
 
-def _tool(name, *args, wait=True):
+def _tool(name, *args, wait=True, as_a_user=False):
+    """Runs tools.<name>; as_a_user: with the environment a user has (no log-level settings)."""
     env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "3",
            "CUDA_VISIBLE_DEVICES": ""}
+    if as_a_user:
+        env = {key: value for key, value in env.items()
+               if key not in ("TF_CPP_MIN_LOG_LEVEL", "CUDA_VISIBLE_DEVICES")}
     command = [sys.executable, "-m", f"tools.{name}", *args]
     if not wait:
         return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
@@ -117,9 +121,23 @@ def test_demo_tool_runs_on_a_manifest_folder(tmp_path):
     data_dir = tmp_path / "data"
     _write_manifest(str(data_dir))
     run_dir = tmp_path / "run"
+    # Batches of 4: TensorFlow warns about retracing when 5 of the last 10 or so calls of one
+    # Python function traced; every model's Keras train/test function is a new tf.function of
+    # the same code, so with 2 batches an epoch the five models' first traces would be that close.
     output = _tool("demo", "--dataset=manifest", f"--data_dir={data_dir}", "--category=person",
-                   "--negatives=manifest", "--input_size=32", "--batch_size=16",
-                   "--performer_epochs=2", "--epochs=1", f"--run_dir={run_dir}")
+                   "--negatives=manifest", "--input_size=32", "--batch_size=4",
+                   "--performer_epochs=2", "--epochs=1", f"--run_dir={run_dir}", as_a_user=True)
+    noise = [line for line in output.splitlines()
+             if "WARNING" in line or "E0000" in line or "Traceback" in line]
+    assert not noise, noise
+    assert "[1/9] performer: training small_vgg for 2 epochs" in output
+    assert "Epoch 2/2 [performer]: loss " in output and "Epoch 1/1 [no_masks]: " in output
+    assert max(len(line) for line in output.splitlines() if line.startswith("Epoch ")) < 250
+    assert "[9/9] export done in" in output
+    table = output.split("Demo finished.")[1]
+    for label in ("method (explainer)", "Explainer+cls baseline", "no filter loss", "no masks",
+                  "performer top conv", "best fixed pixel", "performer accuracy", "Time: "):
+        assert label in table, label
     summary = json.load(open(run_dir / "summary.json"))
     for key in ("performer_accuracy", "p", "instability_performer_target", "instability_performer_top",
                 "instability_explainer", "reconstructed_accuracy", "wall_seconds",
@@ -133,9 +151,13 @@ def test_demo_tool_runs_on_a_manifest_folder(tmp_path):
     assert len(ratios) == metrics["explainer"]["training"]["epochs_trained"] >= 1
     assert "grad_ratio_filter_conv_interp_2 " in output.replace(":", " ")  # in the epoch log line
     assert metrics["no_filter_loss"]["training"]["filter_loss_weight"] == 0.0
-    assert "--objective=classification" in open(run_dir / "explainer_cls" / "flags.txt").read()
+    cls_flags = open(run_dir / "explainer_cls" / "flags.txt").read()
+    assert "--objective=classification" in cls_flags and "--epochs=1" in cls_flags
+    assert f"--model_dir={run_dir / 'explainer_cls'}" in cls_flags
+    assert f"--performer_dir={run_dir / 'performer'}" in cls_flags
+    assert f"--run_dir={run_dir}" in open(run_dir / "flags.txt").read()
     assert "--nouse_masks" in open(run_dir / "no_masks" / "flags.txt").read()
-    assert "tensorboard --logdir" in output
+    assert "tensorboard --logdir" in output and "Demo finished" in output
     baseline = json.load(open(run_dir / "explainer" / "eval" / "metrics.json"))["explainer_cls"]
     assert baseline["performer_error"] == 1 - summary["performer_accuracy"]
     assert (run_dir / "explainer" / "report" / "index.html").exists()
@@ -204,3 +226,55 @@ def test_export_tool_writes_numbered_versions(performer_dir, explainer_dir, tmp_
     class_names = json.load(open(os.path.join(performer_dir, "performer.json")))["class_names"]
     assert out["probabilities"].shape == (1, len(class_names))
     assert open(base / "parts" / "2" / "assets" / "class_names.txt").read().split() == class_names
+
+
+def _same_numbers(a, b, path="", rel=1e-4):
+    """Asserts two JSON-like records hold the same numbers (to `rel`) and the same everything else."""
+    if isinstance(a, dict):
+        assert sorted(a) == sorted(b), path
+        for key in a:
+            _same_numbers(a[key], b[key], f"{path}/{key}", rel)
+    elif isinstance(a, list):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            _same_numbers(x, y, f"{path}[{i}]", rel)
+    elif isinstance(a, float):
+        assert b == pytest.approx(a, rel=rel, abs=1e-6), path
+    else:
+        assert a == b, path
+
+
+def test_flags_txt_reruns_the_same_performer_training(performer_dir, tmp_path):
+    flags_text = open(os.path.join(performer_dir, "flags.txt")).read()
+    assert f"--model_dir={performer_dir}" in flags_text and "--learning_rate=" in flags_text
+    rerun = str(tmp_path / "performer")
+    _tool("train_performer", f"--flagfile={performer_dir}/flags.txt", f"--model_dir={rerun}")
+    _same_numbers(json.load(open(os.path.join(performer_dir, "history.json"))),
+                  json.load(open(os.path.join(rerun, "history.json"))))
+
+
+def test_flags_txt_reruns_the_same_explainer_training_with_its_own_flags(performer_dir, tmp_path):
+    first = str(tmp_path / "first")
+    _tool("train_explainer", *TINY, "--objective=classification", "--nouse_masks", "--eta=0.5",
+          f"--performer_dir={performer_dir}", f"--model_dir={first}")
+    flags_text = open(os.path.join(first, "flags.txt")).read()
+    for expected in ("--objective=classification", "--nouse_masks", "--eta=0.5",
+                     f"--performer_dir={performer_dir}", f"--model_dir={first}"):
+        assert expected in flags_text.splitlines(), expected
+    again = str(tmp_path / "again")
+    _tool("train_explainer", f"--flagfile={first}/flags.txt", f"--model_dir={again}")
+    _same_numbers(json.load(open(os.path.join(first, "training.json"))),
+                  json.load(open(os.path.join(again, "training.json"))))
+    _same_numbers(json.load(open(os.path.join(first, "eval", "metrics.json"))),
+                  json.load(open(os.path.join(again, "eval", "metrics.json"))))
+
+
+def test_help_lists_the_commands_own_flags_with_tuned_defaults():
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    result = subprocess.run([sys.executable, "-m", "tools.train_explainer", "--help"], cwd=ROOT,
+                            env=env, capture_output=True, text=True, timeout=300)
+    help_text = result.stdout
+    assert "--performer_dir" in help_text and "--keras_model" in help_text
+    assert "--learning_rate: Explainer initial learning rate" in help_text
+    assert "(default: '0.0001')" in help_text.split("--learning_rate:")[1].split("--")[0]
+    assert "tf-explainer train-explainer --preset=demo" in help_text  # the command's own usage

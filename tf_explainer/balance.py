@@ -41,6 +41,12 @@ def mean_gradient_ratios(explainer, batches, filter_loss_weight=None):
     return gradient_ratios(totals)
 
 
+# The default filter / reconstruction ratio on conv-interp-2 at the start of training: the
+# largest that keeps the part filters distinct (docs/method.md, "Why a strong filter loss turns
+# the part filters into copies"; the sweep is in configs/README.md).
+DEFAULT_BALANCE = 0.3
+
+
 def calibrated_filter_loss_weight(explainer, batches, target_ratio):
     """lambda such that ||grad filter|| / ||grad reconstruction|| on conv-interp-2 equals
     `target_ratio` at the explainer's current weights (the ratio is linear in lambda)."""

@@ -1,4 +1,6 @@
-"""Builds an explainer for a performer and initialises its statistics (SPEC 2.1, 2.2, 2.3)."""
+"""Builds an explainer for a performer and initialises its statistics (docs/method.md)."""
+
+import functools
 
 import keras
 import numpy as np
@@ -70,6 +72,27 @@ def _fold_pool_scale(dense, channel_means):
     dense.set_weights([kernel * scale[:, None].astype(kernel.dtype), bias])
 
 
+def _batch_sums(explainer, data):
+    """Sums over one batch of what initialize_statistics averages."""
+    k = explainer.num_classes
+    batch = explainer.features(data)
+    categories = explainer.image_categories(batch)
+    outputs = explainer(batch["target"], training=False)
+    sums = {f"recon_{i}": tf.reduce_sum(tf.square(tf.cast(batch[f"recon_{i}"], tf.float32)))
+            for i in range(len(explainer.reconstruct_dims))}
+    sums["count"] = tf.cast(tf.shape(batch["target"])[0], tf.float32)
+    for name, key in (("peak_1", "interp_1"), ("peak_2", "part_maps")):
+        peaks = tf.reduce_max(tf.cast(outputs[key], tf.float32), axis=[1, 2])
+        sums[name], sums["class_count"] = explainer.class_sums(peaks, categories, k)
+    for name, key in (("mean_interp", "pre_norm_interp"), ("mean_ordin", "pre_norm_ordin")):
+        means = tf.reduce_mean(tf.cast(outputs[key], tf.float32), axis=[1, 2])
+        sums[name], _ = explainer.class_sums(means, categories, k)
+    if "pool" in batch:
+        sums["performer_pool"] = tf.reduce_sum(
+            tf.reduce_mean(tf.cast(batch["pool"], tf.float32), axis=[1, 2]), axis=0)
+    return sums
+
+
 def initialize_statistics(explainer: Explainer, dataset, steps=None):
     """One pass over training data with the frozen performer and the initial explainer.
 
@@ -79,25 +102,10 @@ def initialize_statistics(explainer: Explainer, dataset, steps=None):
     channel means into fc-dec-1 (see _fold_pool_scale). Returns the statistics as numpy arrays.
     """
     k = explainer.num_classes
-
-    @tf.function
-    def batch_sums(data):
-        batch = explainer.features(data)
-        categories = explainer.image_categories(batch)
-        outputs = explainer(batch["target"], training=False)
-        sums = {f"recon_{i}": tf.reduce_sum(tf.square(tf.cast(batch[f"recon_{i}"], tf.float32)))
-                for i in range(len(explainer.reconstruct_dims))}
-        sums["count"] = tf.cast(tf.shape(batch["target"])[0], tf.float32)
-        for name, key in (("peak_1", "interp_1"), ("peak_2", "part_maps")):
-            peaks = tf.reduce_max(tf.cast(outputs[key], tf.float32), axis=[1, 2])
-            sums[name], sums["class_count"] = explainer.class_sums(peaks, categories, k)
-        for name, key in (("mean_interp", "pre_norm_interp"), ("mean_ordin", "pre_norm_ordin")):
-            means = tf.reduce_mean(tf.cast(outputs[key], tf.float32), axis=[1, 2])
-            sums[name], _ = explainer.class_sums(means, categories, k)
-        if "pool" in batch:
-            sums["performer_pool"] = tf.reduce_sum(
-                tf.reduce_mean(tf.cast(batch["pool"], tf.float32), axis=[1, 2]), axis=0)
-        return sums
+    # A partial per call: TensorFlow counts retracing per traced Python function, so one shared
+    # function would be reported as retracing when the demo initialises several explainers;
+    # reduce_retracing lets a last, smaller batch reuse the trace.
+    batch_sums = tf.function(functools.partial(_batch_sums, explainer), reduce_retracing=True)
 
     totals = None
     if steps is not None:

@@ -1,4 +1,4 @@
-"""A cache of the frozen performer's features in sharded TFRecord files (SPEC 6.2).
+"""A cache of the frozen performer's features in sharded TFRecord files.
 
 The performer is frozen, so its target-layer map, reconstruction targets, pool output, scores and
 labels can be computed once and the explainer trained from them. Images are cached as they come

@@ -1,10 +1,11 @@
-"""The paper's measurements of an explainer against its performer (SPEC 5).
+"""The paper's measurements of an explainer against its performer (docs/method.md).
 
 Streams a dataset once through the performer and the explainer, keeping only each filter's peak
 (cell and value) per image, so memory grows with images x filters, not with map sizes.
 """
 
 import dataclasses
+import functools
 import weakref
 
 import numpy as np
@@ -31,37 +32,49 @@ class Collected:
     image_size: tuple
 
 
-_STEPS = weakref.WeakKeyDictionary()  # one traced collection step per explainer
+_STEPS = weakref.WeakKeyDictionary()  # explainer -> {(image shape, dtype): traced step}
 
 
-def _collection_step(explainer):
-    """The explainer's traced collection step, made once: the TensorBoard probe collects after
-    every epoch, and a new tf.function each time would retrace each time."""
-    if explainer not in _STEPS:
-        @tf.function
-        def step(data):
-            features = explainer.features(data)
-            outputs = explainer(features["target"], training=False)
-            maps = {"target": features["target"], "part_maps": outputs["part_maps"]}
-            if "top" in features:
-                maps["top"] = features["top"]
-            return (maps, tf.argmax(features["scores"], -1, output_type=tf.int32),
-                    tf.argmax(outputs["scores"], -1, output_type=tf.int32))
-        _STEPS[explainer] = step
-    return _STEPS[explainer]
+def _maps_and_predictions(explainer_ref, image):
+    explainer = explainer_ref()
+    features = explainer.performer_features(image)
+    outputs = explainer(features["target"], training=False)
+    maps = {"target": features["target"], "part_maps": outputs["part_maps"]}
+    if "top" in features:
+        maps["top"] = features["top"]
+    return (maps, tf.argmax(features["scores"], -1, output_type=tf.int32),
+            tf.argmax(outputs["scores"], -1, output_type=tf.int32))
+
+
+def measured_maps(explainer, image):
+    """(maps {"target", "part_maps"[, "top"]}, performer's predicted class, reconstructed class)
+    of a batch of preprocessed images.
+
+    One traced step per explainer and image shape, its batch dimension left open so a last,
+    smaller batch reuses it, and kept between calls (the TensorBoard probe measures after every
+    epoch). TensorFlow keys its retracing statistics by the traced Python function; a partial per
+    explainer gives each explainer its own, so evaluating several explainers in a row (the demo's
+    ablations) is not reported as retracing. The explainer is held weakly so it can be freed.
+    """
+    image = tf.convert_to_tensor(image)
+    steps = _STEPS.setdefault(explainer, {})
+    key = (tuple(image.shape[1:]), image.dtype)
+    if key not in steps:
+        signature = [tf.TensorSpec([None, *image.shape[1:]], image.dtype)]
+        steps[key] = tf.function(functools.partial(_maps_and_predictions, weakref.ref(explainer)),
+                                 input_signature=signature)
+    return steps[key](image)
 
 
 def collect(explainer, dataset, steps=None) -> Collected:
     """Runs batches of {"image", "label", "landmarks"} through performer and explainer."""
-    step = _collection_step(explainer)
-
     parts = {"cells": {}, "values": {}, "landmarks": [], "labels": [], "perf": [], "recon": []}
     image_size = None
     if steps is not None:
         dataset = dataset.take(steps)
     for data in logged(dataset, "Evaluation", cardinality(dataset)):
         image_size = tuple(int(d) for d in data["image"].shape[1:3])
-        maps, performer_pred, recon_pred = step(data)
+        maps, performer_pred, recon_pred = measured_maps(explainer, data["image"])
         for key, value in maps.items():
             cells, values = inst.map_peaks(value.numpy())
             parts["cells"].setdefault(key, []).append(cells)
@@ -99,7 +112,8 @@ def filter_images(collected: Collected, key, negative_class=None):
     return collected.labels[:, None] == filter_categories(collected, key, negative_class)[None, :]
 
 
-def _peak_xy(collected, key, geometry):
+def peak_xy(collected: Collected, key, geometry):
+    """[N, F, 2] each filter's peak per image in input pixels (x, y)."""
     return inst.project_cells(collected.cells[key], geometry.stride, geometry.offset)
 
 
@@ -108,7 +122,7 @@ def instability(collected: Collected, key, geometry, negative_class=None, top_k=
     InstabilityResult (mean, per filter, per filter and landmark); filters are measured on
     `filter_images`."""
     eligible = filter_images(collected, key, negative_class)
-    return inst.location_instability_on(_peak_xy(collected, key, geometry), collected.values[key],
+    return inst.location_instability_on(peak_xy(collected, key, geometry), collected.values[key],
                                         collected.landmarks, collected.image_size, eligible,
                                         top_k=top_k)
 
@@ -116,7 +130,7 @@ def instability(collected: Collected, key, geometry, negative_class=None, top_k=
 def parts(collected: Collected, key, geometry, negative_class=None, top_k=100):
     """Part coverage, duplicates and each filter's part of one collected map (PartResult)."""
     eligible = filter_images(collected, key, negative_class)
-    return part_metrics.part_measures(_peak_xy(collected, key, geometry), collected.values[key],
+    return part_metrics.part_measures(peak_xy(collected, key, geometry), collected.values[key],
                                       collected.landmarks, eligible, collected.image_size, top_k)
 
 
@@ -128,7 +142,7 @@ def fixed_point_floor(collected: Collected, negative_class=None):
 
 
 def part_contributions(explainer, images, class_index=None):
-    """How much each interpretable filter contributes to the class score (SPEC 5, paper Fig. 5).
+    """How much each interpretable filter contributes to the class score (the paper's Fig. 5).
 
     Gradient x activation on the normalised interpretable track: sum_ij x_interp * d score /
     d x_interp through fusion, decoder and the performer's head. class_index: an int, [B] ints, or
@@ -158,15 +172,24 @@ PART_MAPS = {"part_maps": "", "top": "_top"}
 
 def evaluate(explainer, dataset, geometries, steps=None, top_k=100, landmark_names=None,
              class_names=None) -> dict:
+    """`measure` on the peaks `collect` gathers from the dataset."""
+    return measure(explainer, collect(explainer, dataset, steps), geometries, top_k,
+                   landmark_names, class_names)
+
+
+def measure(explainer, collected: Collected, geometries, top_k=100, landmark_names=None,
+            class_names=None) -> dict:
     """p, performer and reconstructed accuracy, location instability of each measured map, the
-    fixed-point floor, and part coverage, duplicates and each filter's part (explainer and the
+    fixed-point floor, and part coverage, duplicates and a per-filter table (explainer and the
     performer's top conv).
 
     geometries: {"target": ReceptiveField, "top": ..., "part_maps": ...} (stride, offset in
     input pixels); maps without a geometry or without collected peaks are left out.
-    landmark_names, class_names: names used in the per-filter table (default: indices).
+    landmark_names, class_names: names used in the per-filter table (default: indices). Each
+    filter's row: its category, part ("none"), twins, dead flag, instability, and per landmark its
+    hit rate, the best fixed pixel's, the mean peak offset (dx, dy) and the distance spread, both
+    in input pixels (None where the filter has no image with that landmark).
     """
-    collected = collect(explainer, dataset, steps)
     performer_accuracy = float(np.mean(collected.performer_predictions == collected.labels))
     reconstructed_accuracy = float(np.mean(collected.reconstructed_predictions == collected.labels))
     result = {
@@ -178,27 +201,34 @@ def evaluate(explainer, dataset, geometries, steps=None, top_k=100, landmark_nam
         "reconstructed_error": 1.0 - reconstructed_accuracy,
         "reconstructed_error_increase": performer_accuracy - reconstructed_accuracy,
     }
+    stability = {}
     for key, name in MAPS.items():
         if key in collected.cells and key in geometries:
-            result[f"instability_{name}"] = float(instability(
-                collected, key, geometries[key], explainer.negative_class, top_k).mean)
+            stability[key] = instability(collected, key, geometries[key],
+                                         explainer.negative_class, top_k)
+            result[f"instability_{name}"] = float(stability[key].mean)
     result["instability_fixed_point"] = fixed_point_floor(collected, explainer.negative_class)
     k_count = collected.landmarks.shape[1]
     landmark_names = list(landmark_names or [str(k) for k in range(k_count)])
+    diagonal = float(np.hypot(*collected.image_size))
     result["filters"] = {}
     for key, suffix in PART_MAPS.items():
-        if key not in collected.cells or key not in geometries:
+        if key not in stability:
             continue
         measured = parts(collected, key, geometries[key], explainer.negative_class, top_k)
         result[f"part_coverage{suffix}"] = measured.coverage
         result[f"duplicate_filters{suffix}"] = measured.duplicates
         result[f"filters_per_part{suffix}"] = measured.filters_per_part(landmark_names)
         categories = filter_categories(collected, key, explainer.negative_class)
+        spread = stability[key].per_filter_landmark * diagonal
         result["filters"][MAPS[key]] = [
             {"filter": j, "category": _name(class_names, categories[j]),
              "part": landmark_names[measured.part[j]] if measured.part[j] >= 0 else "none",
              "hit": {n: _number(measured.hit[j, k]) for k, n in enumerate(landmark_names)},
              "fixed": {n: _number(measured.fixed[j, k]) for k, n in enumerate(landmark_names)},
+             "offset": {n: _pair(measured.offset[j, k]) for k, n in enumerate(landmark_names)},
+             "spread": {n: _number(spread[j, k]) for k, n in enumerate(landmark_names)},
+             "instability": _number(stability[key].per_filter[j]),
              "twins": [int(t) for t in measured.twins[j]], "dead": bool(measured.dead[j])}
             for j in range(len(categories))]
     logging.info("Evaluated %d images: p %.3f, instability %.4f (explainer), part coverage %s.",
@@ -214,6 +244,11 @@ def _name(names, index):
 def _number(value):
     """A JSON-friendly float (None for NaN)."""
     return None if np.isnan(value) else float(value)
+
+
+def _pair(values):
+    """A JSON-friendly [x, y] (None when unmeasured)."""
+    return None if np.isnan(values).any() else [float(v) for v in values]
 
 
 def performer_geometries(performer):

@@ -1,4 +1,4 @@
-"""Progress of long loops outside model.fit, as absl log lines with rate and ETA (SPEC 6.1)."""
+"""Progress of long loops outside model.fit, as absl log lines with rate and ETA."""
 
 import time
 

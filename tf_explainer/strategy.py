@@ -1,4 +1,4 @@
-"""Distribution strategies and mixed precision for training (SPEC 6.2).
+"""Distribution strategies and mixed precision for training.
 
 Tools pick a strategy by name with `make_strategy`, build and compile their models inside
 `strategy.scope()` and feed GLOBAL batches (each replica gets its slice). Under

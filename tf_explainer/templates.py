@@ -1,4 +1,4 @@
-"""Part templates on an h x w grid (SPEC 2.2).
+"""Part templates on an h x w grid (docs/method.md, "Templates and masks").
 
 Two forms:
 - "paper": t_ij = tau * max(1 - beta * ||[i,j] - mu||_1 / n, -1), tau = 0.5 / n^2, beta = 4.

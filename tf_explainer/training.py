@@ -12,14 +12,17 @@ retrained unless asked. Models are trained under the strategy they were built in
 import json
 import os
 import shutil
+import time
 
 import keras
 import tensorflow as tf
 from absl import logging
 
-from tf_explainer.performers import Performer, build_performer
+from tf_explainer.keras_compat import build_training_state
+from tf_explainer.performers import PREPROCESSING, Performer, build_performer, preprocessing_name
 from tf_explainer.progress import cardinality, logged
 from tf_explainer.strategy import is_chief, writable_dir
+from tf_explainer.tensorboard import EXPLAINER, PERFORMER, ModelTensorBoard
 
 PERFORMER_FILE = "performer.keras"
 PERFORMER_DESCRIPTION = "performer.json"
@@ -47,17 +50,69 @@ def uses_custom_loop(strategy):
     return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
 
 
-def fit(model, train, validation, epochs, model_dir, callbacks=(), verbose=2):
+# What an epoch line shows, when the logs have it; every value is in the history and TensorBoard.
+EPOCH_LINE_KEYS = ("loss", "accuracy", "reconstruction", "classification", "p",
+                   "grad_ratio_filter_conv_interp_2", "val_loss", "val_accuracy",
+                   "val_reconstruction", "val_classification", "val_p")
+
+
+def _duration(seconds):
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
+class EpochLine(keras.callbacks.Callback):
+    """Prints one short line per epoch naming the model that trains, with the main metrics, the
+    epoch's time and the time left; during an epoch longer than `every_seconds`, a progress line
+    each `every_seconds`. (Keras' own verbose=2 line holds every metric and no model name.)"""
+
+    def __init__(self, title, every_seconds=30.0):
+        super().__init__()
+        self.title = title
+        self.every_seconds = float(every_seconds)
+        self._times = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch_start = self._last_print = time.time()
+
+    def on_train_batch_end(self, batch, logs=None):
+        now = time.time()
+        if now - self._last_print >= self.every_seconds:
+            self._last_print = now
+            steps = self.params.get("steps")
+            left = f", {_duration((steps - batch - 1) * (now - self._epoch_start) / (batch + 1))} " \
+                   "left in the epoch" if steps else ""
+            print(f"  {self.title}: batch {batch + 1}{f'/{steps}' if steps else ''}{left}",
+                  flush=True)
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        self._times.append(time.time() - self._epoch_start)
+        epochs = self.params.get("epochs") or epoch + 1
+        metrics = ", ".join(f"{key} {float(logs[key]):.4g}" for key in EPOCH_LINE_KEYS if key in logs)
+        left = sum(self._times) / len(self._times) * (epochs - epoch - 1)
+        eta = f", at most {_duration(left)} left" if left > 0 else ""
+        print(f"Epoch {epoch + 1}/{epochs} [{self.title}]: {metrics} "
+              f"({_duration(self._times[-1])}{eta})", flush=True)
+
+
+def fit(model, train, validation, epochs, model_dir, model_name, callbacks=(), verbose=2):
     """Trains a compiled model for `epochs` with TensorBoard logs in log_dir(model_dir),
-    resuming from its backup in model_dir. Returns the history {name: [value per epoch]}."""
+    resuming from its backup in model_dir. Returns the history {name: [value per epoch]}.
+
+    model_name: tag prefix of its TensorBoard scalars (tensorboard.PERFORMER or EXPLAINER), so
+    the performer's and the explainers' curves never share a chart.
+    verbose: 0 prints nothing; otherwise one EpochLine per epoch, titled with the model
+    directory's name (performer, explainer, explainer_cls, ...)."""
     # TensorBoard last: callbacks before it may add to the epoch logs (e.g. GradientBalance).
-    callbacks = [*callbacks, keras.callbacks.TensorBoard(log_dir(model_dir))]
+    callbacks = [*callbacks, ModelTensorBoard(log_dir(model_dir), model_name)]
     backup = os.path.join(model_dir, BACKUP_DIR)
     if uses_custom_loop(model.distribute_strategy):
         return custom_fit(model, train, validation, epochs, backup, callbacks)
+    if verbose:  # after TensorBoard: the line shows what the other callbacks added
+        callbacks.append(EpochLine(os.path.basename(os.path.normpath(model_dir))))
     # double_checkpoint: a run killed while the backup is being rewritten leaves a truncated
     # weights file; Keras then restores the previous epoch's copy instead of failing to resume.
-    history = model.fit(train, validation_data=validation, epochs=epochs, verbose=verbose,
+    history = model.fit(train, validation_data=validation, epochs=epochs, verbose=0,
                         shuffle=False,  # our tf.data pipelines shuffle (data/pipeline.py, cache.py)
                         callbacks=[keras.callbacks.BackupAndRestore(backup, double_checkpoint=True),
                                    *callbacks])
@@ -113,7 +168,7 @@ def custom_fit(model, train, validation, epochs, backup, callbacks=()):
     with strategy.scope():
         # What model.fit does before tracing: compile metrics, loss and optimizer variables
         # must exist before the step function is traced (creating them in it fails).
-        model._symbolic_build(data_batch=first_batch)
+        build_training_state(model, first_batch)
         epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
     checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer, epoch=epoch)
     latest = tf.train.latest_checkpoint(backup)
@@ -172,39 +227,62 @@ def train_performer(performer: Performer, train, test, model_dir, epochs, learni
                           from_logits=performer.scores_are_logits),
                       metrics=["accuracy"])
     history = fit(model, train.map(_image_label), test.map(_image_label), epochs, model_dir,
-                  verbose=verbose)
+                  PERFORMER, verbose=verbose)
     model.trainable = False
     return history
 
 
-def save_performer(performer: Performer, model_dir, builtin):
-    """Writes the performer's weights and what is needed to rebuild its description."""
+# The Performer fields that describe one's own Keras model besides the model, its class names,
+# input size and preprocessing; performer.json records them to rebuild it.
+_KERAS_PERFORMER_FIELDS = ("target_layer", "reconstruct_layers", "head_layers", "top_conv_layer",
+                           "pool_layer", "decoder_init_layers", "decoder_activations",
+                           "top_conv_output_layer", "scores_are_logits")
+
+
+def save_performer(performer: Performer, model_dir, builtin=None):
+    """Writes the performer's model and performer.json, what is needed to rebuild it.
+
+    builtin: the built-in architecture's name; None for one's own Keras model (from_keras_model),
+    which is saved whole with its layer names and the name of its preprocessing (one of
+    performers.PREPROCESSING), so the model directory no longer needs the original file."""
+    description = {"builtin": builtin, "class_names": list(performer.class_names),
+                   "input_size": list(performer.input_size)}
+    if builtin is None:
+        description["keras"] = {name: getattr(performer, name) for name in _KERAS_PERFORMER_FIELDS}
+        description["keras"]["preprocess"] = preprocessing_name(performer.preprocess)
     save_model(performer.model, model_dir, PERFORMER_FILE)
     if not is_chief(performer.model.distribute_strategy):
         return
     with open(os.path.join(model_dir, PERFORMER_DESCRIPTION), "w") as f:
-        json.dump({"builtin": builtin, "class_names": list(performer.class_names),
-                   "input_size": list(performer.input_size)}, f, indent=2)
+        json.dump(description, f, indent=2)
 
 
 def load_performer(model_dir) -> Performer:
-    """The built-in performer saved by save_performer in `model_dir`."""
+    """The performer saved by save_performer in `model_dir`: a built-in one or one's own."""
     description_path = os.path.join(model_dir, PERFORMER_DESCRIPTION)
     if not os.path.exists(description_path):
         raise FileNotFoundError(f"No trained performer in {model_dir!r} (missing "
-                                f"{PERFORMER_DESCRIPTION}); run tools/train_performer.py first.")
+                                f"{PERFORMER_DESCRIPTION}); train one first (tf-explainer "
+                                "train-performer) or name your own (--keras_model).")
     with open(description_path) as f:
         description = json.load(f)
+    weights_path = os.path.join(model_dir, PERFORMER_FILE)
+    if description.get("builtin") is None:
+        fields = dict(description["keras"])
+        preprocess = PREPROCESSING[fields.pop("preprocess")]
+        return Performer(model=keras.saving.load_model(weights_path, compile=False),
+                         class_names=description["class_names"], preprocess=preprocess,
+                         input_size=tuple(description["input_size"]), **fields)
     return build_performer(description["builtin"], len(description["class_names"]),
                            class_names=description["class_names"],
                            input_size=tuple(description["input_size"]),
-                           weights_path=os.path.join(model_dir, PERFORMER_FILE))
+                           weights_path=weights_path)
 
 
 @keras.saving.register_keras_serializable(package="tf_explainer")
 class LogDecay(keras.optimizers.schedules.LearningRateSchedule):
     """Log-linear decay from `initial` to `final` over `decay_steps`, then flat (the official
-    ICNN schedule, SPEC 2.5: 1e-4 -> 1e-5 over the first epochs, times a per-network factor)."""
+    ICNN schedule: 1e-4 -> 1e-5 over the first epochs, times a per-network factor)."""
 
     def __init__(self, initial, final, decay_steps):
         self.initial, self.final, self.decay_steps = float(initial), float(final), int(decay_steps)
@@ -219,7 +297,7 @@ class LogDecay(keras.optimizers.schedules.LearningRateSchedule):
 
 def make_optimizer(name, learning_rate, final_learning_rate=None, decay_steps=1,
                    weight_decay=5e-4, momentum=0.9):
-    """Adam, or SGD with momentum and weight decay, on the log-decay schedule of SPEC 2.5."""
+    """Adam, or SGD with momentum and weight decay, on the log-decay schedule (LogDecay)."""
     schedule = LogDecay(learning_rate, final_learning_rate or learning_rate, decay_steps)
     if name == "sgd":
         return keras.optimizers.SGD(schedule, momentum=momentum, weight_decay=weight_decay)
@@ -283,7 +361,7 @@ def train_explainer(explainer, train, test, model_dir, epochs, optimizer, verbos
         if explainer.needs_loss_scaling and not isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         explainer.compile(optimizer=optimizer)
-    history = fit(explainer, train, test, epochs, model_dir, callbacks, verbose)
+    history = fit(explainer, train, test, epochs, model_dir, EXPLAINER, callbacks, verbose)
     path = save_model(explainer, model_dir, EXPLAINER_FILE)
     logging.info("Saved the explainer to %s", path)
     return history
@@ -294,7 +372,7 @@ def load_explainer(model_dir, performer: Performer):
     path = os.path.join(model_dir, EXPLAINER_FILE)
     if not os.path.exists(path):
         raise FileNotFoundError(f"No trained explainer in {model_dir!r} (missing {EXPLAINER_FILE}); "
-                                "run tools/train_explainer.py first.")
+                                "run tf-explainer train-explainer first.")
     explainer = keras.saving.load_model(path)
     explainer.attach_performer(performer.taps())
     return explainer

@@ -1,4 +1,4 @@
-"""Pictures of what the explainer's part filters see (SPEC 5: part maps, top patches, Grad-CAM).
+"""Pictures of what the explainer's part filters see: part maps, top patches, Grad-CAM.
 
 Everything here takes and returns numpy arrays and writes nothing, so the same pictures can go to
 TensorBoard (tf_explainer.tensorboard), an HTML report, or a notebook.
@@ -11,6 +11,7 @@ import numpy as np
 import tensorflow as tf
 
 from tf_explainer.metrics.instability import map_peaks
+from tf_explainer.performers.spec import tensor_source
 
 # Distinct overlay colours (RGB), cycled when more filters are shown than there are colours.
 PALETTE = np.array([[230, 25, 75], [60, 180, 75], [0, 130, 200], [255, 225, 25],
@@ -138,15 +139,6 @@ def _explainer_part_maps_and_scores(explainer, x0):
     return stage["part_maps"], scores
 
 
-def _graph_tensor(tensor):
-    """The tensor of the innermost graph that a (nested) Functional model's output stands for."""
-    history = tensor._keras_history
-    while isinstance(history.operation, keras.Model):
-        tensor = history.operation.outputs[history.tensor_index]
-        history = tensor._keras_history
-    return tensor
-
-
 @functools.lru_cache(maxsize=4)
 def _performer_from_top(taps):
     """The performer's layers from its top conv map to its scores, cut out of its own graph.
@@ -154,8 +146,8 @@ def _performer_from_top(taps):
     The taps model's "top" and "scores" outputs are traced back through the tap models to the
     performer's tensors, so the cut model shares the performer's layers and weights.
     """
-    return keras.Model(_graph_tensor(taps.output["top"]), _graph_tensor(taps.output["scores"]),
-                       name="performer_from_top")
+    top, scores = (tensor_source(taps, taps.output[key]).tensor for key in ("top", "scores"))
+    return keras.Model(top, scores, name="performer_from_top")
 
 
 def explainer_grad_cam(explainer, images, class_index=None):

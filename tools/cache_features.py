@@ -1,45 +1,8 @@
-"""Caches the frozen performer's features of the training split in sharded TFRecord files.
+"""`python -m tools.cache_features` = `tf-explainer cache-features` (tf_explainer/cli/cache_features.py); --help lists its flags."""
 
-  python -m tools.cache_features --flagfile=configs/demo.flags \
-      --performer_dir=runs/demo/performer --feature_cache=runs/demo/cache
-  python -m tools.train_explainer --flagfile=configs/demo.flags --feature_cache=runs/demo/cache ...
+import sys
 
-Images are cached unflipped, so training from the cache has no flip augmentation.
-"""
-
-import os
-
-from absl import app, logging
-
-from tools import common
-from tools.common import FLAGS
-from tf_explainer import training
-from tf_explainer.cache import SPEC_FILE, write_feature_cache
-from tf_explainer.data import batches
-
-
-def cache(performer_dir, cache_dir):
-    """Writes the training split's performer features into cache_dir/train, unless present."""
-    out_dir = os.path.join(cache_dir, "train")
-    if os.path.exists(os.path.join(out_dir, SPEC_FILE)) and not FLAGS.overwrite:
-        logging.info("Reusing the feature cache in %s (--overwrite rewrites it).", out_dir)
-        return
-    performer = training.load_performer(performer_dir)
-    source = common.data_source()
-    train = batches(source.examples("train", performer.input_size), performer.preprocess,
-                    FLAGS.batch_size, training=False)
-    description = write_feature_cache(
-        performer.taps(), train, out_dir, FLAGS.cache_shards,
-        None if FLAGS.cache_compression == "none" else "GZIP", FLAGS.cache_dtype)
-    logging.info("Cached %d training examples in %s", description["count"], out_dir)
-
-
-def main(argv):
-    del argv
-    if not (FLAGS.performer_dir and FLAGS.feature_cache):
-        raise app.UsageError("--performer_dir and --feature_cache are required.")
-    cache(FLAGS.performer_dir, FLAGS.feature_cache)
-
+from tf_explainer.cli import run_command
 
 if __name__ == "__main__":
-    app.run(main)
+    run_command("cache-features", sys.argv)

@@ -1,4 +1,4 @@
-"""The landmark manifest (SPEC 4.1): the interchange format every real dataset is converted into.
+"""The landmark manifest: the interchange format every real dataset is converted into.
 
 A manifest is a folder holding images and `manifest.jsonl`, one JSON object per line:
 `{"image", "bbox": [x_min, y_min, x_max, y_max], "label", "landmarks": {name: [x, y]}, "split"}`.

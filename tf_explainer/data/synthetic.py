@@ -1,4 +1,4 @@
-"""The synthetic parts dataset (SPEC 4.2): seeded, procedurally drawn creatures, no files.
+"""The synthetic parts dataset: seeded, procedurally drawn creatures, no files.
 
 Why it looks like this: location instability needs ground-truth part positions, and a performer
 trained on it should need parts to classify. So each creature category differs only in part

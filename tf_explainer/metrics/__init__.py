@@ -1,4 +1,4 @@
-"""Metrics of how part-like a layer's filters are (SPEC section 5)."""
+"""Metrics of how part-like a layer's filters are."""
 
 from tf_explainer.metrics.instability import (
     InstabilityResult,

@@ -11,6 +11,8 @@ object-centred crops even by a "filter" that never moves. These measures tell th
 - Twins: two filters of one category whose peak values over that category's images correlate
   >= 0.9 (Pearson). Dead: peak 0 on >= 90% of the category's images. Duplicates is the fraction
   of filters that have a twin or are dead.
+- offset(f, k): the mean (dx, dy) from landmark k to f's peak over the same top images, so a
+  reader can see where a filter fires relative to each part, not only how much that varies.
 - The fixed-point floor: the location instability of the best single pixel.
 
 Plain numpy, like metrics/instability.py, whose conventions (pixels (x, y), 0-based, landmarks
@@ -36,7 +38,8 @@ class PartResult:
     """Per-filter parts and the summary numbers of one layer.
 
     part: [F] landmark index each filter detects, -1 for none. hit, fixed: [F, K] (NaN where f
-    has no image with k). twins: [F] list of each filter's twins. dead: [F] bool.
+    has no image with k). twins: [F] list of each filter's twins. dead: [F] bool. offset:
+    [F, K, 2] mean (dx, dy) pixels from landmark k to f's peak (NaN where f has no image with k).
     """
     coverage: float
     duplicates: float
@@ -45,6 +48,7 @@ class PartResult:
     fixed: np.ndarray
     twins: list
     dead: np.ndarray
+    offset: np.ndarray
 
     def filters_per_part(self, landmark_names):
         """{landmark name (or "none"): number of filters whose part it is}."""
@@ -89,6 +93,14 @@ def best_pixel_hits(point_sets, image_size, radius):
     return result
 
 
+def _top_image_offsets(peak_xy, peak_values, landmarks, eligible, k, top_k):
+    """Each filter's top images for landmark k: (indices [T, F], counted [T, F] bool, peak minus
+    landmark (dx, dy) [T, F, 2])."""
+    top, counted = top_images(peak_values, eligible, landmarks[:, k, :], top_k)
+    chosen_xy = np.take_along_axis(peak_xy, top[..., None], axis=0)  # [T, F, 2]
+    return top, counted, chosen_xy - landmarks[top, k, :]
+
+
 def hit_rates(peak_xy, peak_values, landmarks, eligible, image_size, top_k=100):
     """(hit [F, K], fixed [F, K]) as defined in the module docstring; NaN without images."""
     peak_xy = np.asarray(peak_xy, np.float64)
@@ -99,15 +111,34 @@ def hit_rates(peak_xy, peak_values, landmarks, eligible, image_size, top_k=100):
     hit = np.full((f, k_count), np.nan)
     fixed = np.full((f, k_count), np.nan)
     for k in range(k_count):
-        top, counted = top_images(peak_values, eligible, landmarks[:, k, :], top_k)
-        chosen_xy = np.take_along_axis(peak_xy, top[..., None], axis=0)  # [T, F, 2]
-        distance = np.linalg.norm(chosen_xy - landmarks[top, k, :], axis=-1)
+        top, counted, offsets = _top_image_offsets(peak_xy, peak_values, landmarks, eligible, k,
+                                                   top_k)
+        distance = np.linalg.norm(offsets, axis=-1)
         count = counted.sum(axis=0)
         has = count > 0
         hit[has, k] = ((distance <= radius) & counted).sum(axis=0)[has] / count[has]
         sets = [landmarks[top[counted[:, j], j], k, :] for j in range(f)]
         fixed[:, k] = best_pixel_hits(sets, image_size, radius)
     return hit, fixed
+
+
+def mean_offsets(peak_xy, peak_values, landmarks, eligible, top_k=100):
+    """[F, K, 2] mean (dx, dy) in pixels from landmark k to filter f's peak over f's top images
+    (those hit_rates uses); positive dx: the peak lies right of the landmark, positive dy: below.
+    NaN where f has no image with k."""
+    peak_xy = np.asarray(peak_xy, np.float64)
+    peak_values = np.asarray(peak_values, np.float64)
+    landmarks = np.asarray(landmarks, np.float64)
+    f, k_count = peak_values.shape[1], landmarks.shape[1]
+    offset = np.full((f, k_count, 2), np.nan)
+    for k in range(k_count):
+        _, counted, offsets = _top_image_offsets(peak_xy, peak_values, landmarks, eligible, k,
+                                                 top_k)
+        count = counted.sum(axis=0)
+        has = count > 0
+        total = np.where(counted[..., None], offsets, 0.0).sum(axis=0)  # [F, 2]
+        offset[has, k] = total[has] / count[has, None]
+    return offset
 
 
 def detected_parts(hit, fixed):
@@ -157,8 +188,9 @@ def part_measures(peak_xy, peak_values, landmarks, eligible, image_size, top_k=1
     k_count = np.asarray(landmarks).shape[1]
     coverage = len(set(part[part >= 0].tolist())) / k_count if k_count else float("nan")
     duplicate = np.array([bool(t) for t in twins]) | dead
+    offset = mean_offsets(peak_xy, peak_values, landmarks, eligible, top_k)
     return PartResult(coverage=float(coverage), duplicates=float(duplicate.mean()), part=part,
-                      hit=hit, fixed=fixed, twins=twins, dead=dead)
+                      hit=hit, fixed=fixed, twins=twins, dead=dead, offset=offset)
 
 
 def fixed_point_instability(landmarks, image_size, step=None):

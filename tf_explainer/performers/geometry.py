@@ -1,8 +1,9 @@
-"""Receptive-field geometry of a feature map, derived from the Keras layer graph (SPEC 3).
+"""Receptive-field geometry of a feature map, derived from the Keras layer graph.
 
-Location instability projects a filter's peak cell back to image pixels, so the stride and
-centre offset of every map must be exact, including TensorFlow's asymmetric "same" padding.
-They are computed by walking the graph from the image input, never hard-coded.
+Location instability (docs/method.md, "Measuring parts") projects a filter's peak cell back to
+image pixels, so the stride and centre offset of every map must be exact, including TensorFlow's
+asymmetric "same" padding. They are computed by walking the graph from the image input, never
+hard-coded.
 """
 
 import dataclasses
@@ -11,7 +12,8 @@ import math
 import keras
 import numpy as np
 
-from tf_explainer.performers.spec import layer_path
+from tf_explainer.keras_compat import layer_calls
+from tf_explainer.performers.spec import layer_call, layer_path
 
 # Layers that keep every cell where it is: elementwise maps, normalisations, noise.
 _PASS_THROUGH = (
@@ -93,46 +95,35 @@ def receptive_field(model: keras.Model, layer_name: str) -> ReceptiveField:
     return ReceptiveField(stride=float(field.strides[0]), offset=float(field.offsets[0]))
 
 
-def _graph(model):
-    """The Functional graph behind `model` (a Sequential keeps one inside)."""
-    return getattr(model, "_functional", None) or model
-
-
-def _nodes(model) -> list:
-    """The nodes of `model`'s graph, inputs first."""
-    by_depth = _graph(model)._nodes_by_depth
-    return [node for depth in sorted(by_depth, reverse=True) for node in by_depth[depth]]
-
-
 def _field_of_layer(model, path, input_fields):
     """Field and shape of the layer at `path` in `model`, given the fields of its inputs."""
     fields = _graph_fields(model, input_fields)
     layer = model.get_layer(path[0])
-    node = next(n for n in _nodes(model) if n.operation is layer)
+    call = layer_call(model, layer)
     if len(path) == 1:
-        output = node.output_tensors[0]
+        output = call.outputs[0]
         return fields[id(output)], output.shape
     inner_inputs = {id(inner): fields[id(outer)]
-                    for inner, outer in zip(layer.inputs, node.input_tensors)}
+                    for inner, outer in zip(layer.inputs, call.inputs)}
     return _field_of_layer(layer, path[1:], inner_inputs)
 
 
 def _graph_fields(model, input_fields) -> dict:
     """Field of every tensor in `model`'s graph; unsupported layers mark theirs undefined."""
     fields = dict(input_fields)
-    for node in _nodes(model):
-        op = node.operation
+    for call in layer_calls(model):
+        op = call.operation
         if isinstance(op, keras.layers.InputLayer):
             continue
         if isinstance(op, keras.Model):
             inner_inputs = {id(inner): fields[id(outer)]
-                            for inner, outer in zip(op.inputs, node.input_tensors)}
+                            for inner, outer in zip(op.inputs, call.inputs)}
             inner = _graph_fields(op, inner_inputs)
             outputs = [inner[id(t)] for t in op.outputs]
         else:
-            outputs = [_apply(op, node, [fields[id(t)] for t in node.input_tensors])]
-            outputs *= len(node.output_tensors)
-        for tensor, field in zip(node.output_tensors, outputs):
+            outputs = [_apply(op, call, [fields[id(t)] for t in call.inputs])]
+            outputs *= len(call.outputs)
+        for tensor, field in zip(call.outputs, outputs):
             fields[id(tensor)] = field
     return fields
 
@@ -141,10 +132,10 @@ def _spatial_axes(layer) -> tuple:
     return (2, 3) if getattr(layer, "data_format", None) == "channels_first" else (1, 2)
 
 
-def _apply(layer, node, in_fields) -> _Field:
+def _apply(layer, call, in_fields) -> _Field:
     """The field of `layer`'s output from the fields of its inputs."""
     if isinstance(layer, _MERGE):
-        return _merge(layer, node, in_fields)
+        return _merge(layer, call, in_fields)
     field = in_fields[0]
     if field.undefined:
         return field
@@ -157,16 +148,16 @@ def _apply(layer, node, in_fields) -> _Field:
         return _Field(field.strides, tuple(o + d * s for o, d, s in
                                            zip(field.offsets, shifts, field.strides)))
     if isinstance(layer, _SLIDING):
-        return _slide(layer, node, field)
+        return _slide(layer, call, field)
     return _Field(undefined=f"layer {layer.name!r} of type {type(layer).__name__} has no "
                             "supported receptive-field rule")
 
 
-def _slide(layer, node, field) -> _Field:
+def _slide(layer, call, field) -> _Field:
     """A conv or pooling window: TensorFlow pads 'same' by pad_total // 2 before."""
     kernel = getattr(layer, "kernel_size", None) or layer.pool_size
     dilation = getattr(layer, "dilation_rate", (1, 1))
-    in_shape = node.input_tensors[0].shape
+    in_shape = call.inputs[0].shape
     strides, offsets = [], []
     for axis, shape_axis in enumerate(_spatial_axes(layer)):
         size, stride = in_shape[shape_axis], layer.strides[axis]
@@ -186,11 +177,11 @@ def _slide(layer, node, field) -> _Field:
     return _Field(tuple(strides), tuple(offsets))
 
 
-def _merge(layer, node, in_fields) -> _Field:
+def _merge(layer, call, in_fields) -> _Field:
     """Branches that share the output grid must agree; broadcast (1 x 1) branches are ignored."""
     axes = _spatial_axes(layer)
-    out_shape = node.output_tensors[0].shape
-    grid = [f for f, t in zip(in_fields, node.input_tensors)
+    out_shape = call.outputs[0].shape
+    grid = [f for f, t in zip(in_fields, call.inputs)
             if len(t.shape) != 4 or tuple(t.shape[a] for a in axes)
             == tuple(out_shape[a] for a in axes)]
     if not grid:

@@ -1,4 +1,4 @@
-"""Any Keras classifier as a performer: the user names the layers (SPEC 3)."""
+"""Any Keras classifier as a performer: the user names its target, reconstructed and head layers."""
 
 import os
 from typing import Callable, Optional, Sequence
@@ -7,7 +7,8 @@ import h5py
 import keras
 import tensorflow as tf
 
-from tf_explainer.performers.spec import Performer, find_layer
+from tf_explainer.performers.spec import (Performer, find_layer, layer_call, layer_path,
+                                         tensor_source)
 
 # Layers that keep the sign of their input, so a post-ReLU map stays non-negative through them.
 _SIGN_PRESERVING = (
@@ -66,16 +67,15 @@ def load_weights(model: keras.Model, weights_path, required_layers: Sequence[str
         raise ValueError(f"Unknown weights format {path!r}: expected .weights.h5, .keras or .h5.")
 
 
-def _is_post_relu(tensor) -> bool:
-    """Whether `tensor` is non-negative by construction: a ReLU seen through pooling/reshaping."""
-    while True:
-        operation, node_index, tensor_index = tensor._keras_history
-        if isinstance(operation, keras.Model):
-            tensor = operation.outputs[tensor_index]
-        elif isinstance(operation, _SIGN_PRESERVING):
-            tensor = operation._inbound_nodes[node_index].input_tensors[0]
-        else:
-            break
+def _is_post_relu(model: keras.Model, name: str) -> bool:
+    """Whether layer `name`'s output is non-negative by construction: a ReLU seen through
+    pooling/reshaping (and into nested models whose output it is)."""
+    path = layer_path(model, name)
+    graph = find_layer(model, "/".join(path[:-1])) if len(path) > 1 else model
+    source = tensor_source(graph, layer_call(graph, graph.get_layer(path[-1])).outputs[0])
+    while isinstance(source.call.operation, _SIGN_PRESERVING):
+        source = tensor_source(source.graph, source.call.inputs[0])
+    operation = source.call.operation
     if isinstance(operation, keras.layers.ReLU):
         return True
     return getattr(getattr(operation, "activation", None), "__name__", "") in ("relu", "relu6")
@@ -101,7 +101,7 @@ def from_keras_model(model: keras.Model, target_layer: str, reconstruct_layers: 
         raise ValueError(f"Model {model.name!r} needs a fixed image input shape (H, W, C), "
                          f"has {shape}.")
     if decoder_activations is None:
-        decoder_activations = ["relu" if _is_post_relu(find_layer(model, n).output) else None
+        decoder_activations = ["relu" if _is_post_relu(model, n) else None
                                for n in reconstruct_layers]
     return Performer(
         model=model,

@@ -5,9 +5,11 @@ A layer is named by its plain name or, inside nested Functional models, by a pat
 """
 
 import dataclasses
-from typing import Callable, Optional, Sequence
+from typing import Callable, NamedTuple, Optional, Sequence
 
 import keras
+
+from tf_explainer.keras_compat import LayerCall, layer_calls
 
 
 class LayerNotFoundError(ValueError):
@@ -60,15 +62,42 @@ def find_layer(model: keras.Model, name: str) -> keras.layers.Layer:
     return layer
 
 
+def layer_call(model: keras.Model, layer) -> LayerCall:
+    """The first call of `layer` (a layer or nested model of `model`) in `model`'s graph."""
+    for call in layer_calls(model):
+        if call.operation is layer:
+            return call
+    raise LayerNotFoundError(f"Layer {layer.name!r} is not called in {model.name!r}.")
+
+
+class TensorSource(NamedTuple):
+    """Where a symbolic tensor is computed: `call` in the graph of `graph`, giving `tensor`."""
+
+    graph: keras.Model
+    call: LayerCall
+    tensor: object
+
+
+def tensor_source(model: keras.Model, tensor) -> TensorSource:
+    """The layer call that computes `tensor` of `model`'s graph; a tensor that a nested model
+    outputs is followed into that model, down to the layer that computes it."""
+    while True:
+        for call in layer_calls(model):
+            index = next((i for i, t in enumerate(call.outputs) if t is tensor), None)
+            if index is not None:
+                break
+        else:
+            raise LayerNotFoundError(
+                f"Tensor {tensor.name!r} is not in the graph of {model.name!r}.")
+        if not isinstance(call.operation, keras.Model):
+            return TensorSource(model, call, tensor)
+        model, tensor = call.operation, call.operation.outputs[index]
+
+
 def _call_inputs(model: keras.Model, container: keras.Model):
     """The symbolic inputs `container` was called on inside `model`'s graph."""
-    graph = getattr(model, "_functional", model)  # a Sequential keeps its graph there
-    for nodes in graph._nodes_by_depth.values():
-        for node in nodes:
-            if node.operation is container:
-                args = node.input_tensors
-                return args[0] if len(args) == 1 else list(args)
-    raise LayerNotFoundError(f"Nested model {container.name!r} is not called in {model.name!r}.")
+    args = layer_call(model, container).inputs
+    return args[0] if len(args) == 1 else list(args)
 
 
 def _tap(model: keras.Model, paths: Sequence[list], inputs, extra_outputs=()) -> list:
@@ -114,7 +143,7 @@ def tap_model(model: keras.Model, names: dict, name: str = "performer_taps",
 
 @dataclasses.dataclass
 class Performer:
-    """A frozen CNN described for the explainer (SPEC 2.1).
+    """A frozen CNN described for the explainer (see docs/method.md, Structure).
 
     model: the performer, image -> class scores.
     target_layer: the n x n x M feature map the explainer paraphrases (e.g. relu4).
