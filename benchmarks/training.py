@@ -22,6 +22,8 @@ once, in rotating order, so that load from other jobs on a shared machine hits a
   feature cache (vgg16.epoch.speedup_vgg16 median; None without include_full_vgg16).
 - filter_loss_share_approx, filter_loss_share_exact: vgg16 (t_loss - t_none) / t_loss.
 - flops_ratio_vgg16: vgg16 achieved FLOP/s of the explainer step / float32 matmul FLOP/s.
+- synthetic_images_per_second: images of the demo's synthetic dataset (64 x 64, tf_explainer/data/
+  synthetic.py) drawn per second, `synthetic_images` of them, one process.
 - peak_rss_mb: peak resident memory of the whole run (getrusage ru_maxrss).
 - matmul_gflops: float32 GFLOP/s of a 4096 x 4096 matmul, timed in the vgg16 step rounds.
 - machine: cpu count, platform, TensorFlow and Keras versions; config: the Config used.
@@ -75,7 +77,7 @@ from PIL import Image
 
 from tf_explainer.build import build_explainer, initialize_statistics
 from tf_explainer.cache import read_feature_cache, write_feature_cache
-from tf_explainer.data import batches, manifest_source, synthetic_source, write_manifest
+from tf_explainer.data import batches, manifest_source, synthetic, synthetic_source, write_manifest
 from tf_explainer.filter_loss import get_filter_loss
 from tf_explainer.performers import build_performer
 from tf_explainer.performers.spec import Performer
@@ -306,6 +308,7 @@ class Config:
     include_full_vgg16: bool = True
     vgg16_shape: dict = dataclasses.field(default_factory=dict)  # vgg16_top_performer kwargs
     matmul_size: int = 4096
+    synthetic_images: int = 400
 
 
 def default_network(config, work_dir):
@@ -453,6 +456,9 @@ def vgg16_shaped(config, work_dir):
 def benchmark(config=None):
     """All training benchmarks; returns the training.json dict (see the module docstring)."""
     config = config or Config()
+    start = time.perf_counter()
+    synthetic.generate(config.synthetic_images, [None, 0, 1, 2], 64, seed=0)
+    synthetic_seconds = time.perf_counter() - start
     with tempfile.TemporaryDirectory() as work_dir:
         default = default_network(config, work_dir)
         vgg16 = vgg16_shaped(config, work_dir)
@@ -463,6 +469,7 @@ def benchmark(config=None):
         "filter_loss_share_approx": vgg16["filter_loss_share"]["approximate"]["median"],
         "filter_loss_share_exact": vgg16["filter_loss_share"]["exact"]["median"],
         "flops_ratio_vgg16": vgg16["flops"]["ratio"],
+        "synthetic_images_per_second": config.synthetic_images / synthetic_seconds,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "matmul_gflops": vgg16["flops"]["matmul_gflops"],
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),

@@ -33,7 +33,7 @@ def test_calibrated_lambda_puts_the_ratio_where_asked_and_it_is_linear_in_lambda
 
 
 def test_training_at_the_default_balance_logs_ratios_within_a_decade(tmp_path):
-    explainer = _explainer(pool_position="B", eta=0.2)
+    explainer = _explainer(pool_position="B", eta=0.1)
     data = image_batches(3)
     batches = list(data.take(2))
     explainer.filter_loss_weight = balance.calibrated_filter_loss_weight(

@@ -19,13 +19,13 @@ def results():
     return training.benchmark(training.Config(
         images_per_epoch=16, default_batch_size=8, default_step_rounds=3, vgg16_batch_size=4,
         vgg16_step_rounds=3, vgg16_epoch_batches=2, epoch_rounds=1, jpeg_side=32,
-        include_full_vgg16=True, vgg16_shape=SMALL_GRID_VGG, matmul_size=256))
+        include_full_vgg16=True, vgg16_shape=SMALL_GRID_VGG, matmul_size=256, synthetic_images=8))
 
 
 def test_training_benchmark_has_the_headline_keys_with_sane_values(results):
     saved = json.loads(json.dumps(results))
     for key in ("cache_speedup", "cache_speedup_vgg16", "flops_ratio_vgg16", "peak_rss_mb",
-                "matmul_gflops"):
+                "matmul_gflops", "synthetic_images_per_second"):
         assert saved[key] > 0, key
     for key in ("filter_loss_share_approx", "filter_loss_share_exact"):
         assert -1 < saved[key] < 1, key  # a noisy tiny run may time the loss below "none"

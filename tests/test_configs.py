@@ -73,6 +73,6 @@ def test_preset_flag_expands_in_place_so_later_flags_override_it():
     FLAGS.unparse_flags()
     try:
         FLAGS(argv)
-        assert FLAGS.epochs == 5 and FLAGS.eta == 0.2
+        assert FLAGS.epochs == 5 and FLAGS["eta"].present and FLAGS.eta == 0.1  # eta from the preset
     finally:
         FLAGS.unparse_flags()

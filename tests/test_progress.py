@@ -4,7 +4,7 @@ import logging
 
 import tensorflow as tf
 
-from tf_explainer.progress import cardinality, logged
+from tf_explainer.progress import cardinality, logged, time_left
 
 
 def test_logged_yields_everything_and_reports_rate_and_eta(caplog):
@@ -13,6 +13,11 @@ def test_logged_yields_everything_and_reports_rate_and_eta(caplog):
     lines = [r.getMessage() for r in caplog.records]
     assert any("Work: 2/5 batches" in line and "ETA" in line for line in lines)
     assert lines[-1].startswith("Work: done, 5 batches")
+
+
+def test_time_left_at_the_mean_rate_so_far():
+    assert time_left(2, 5, 10.0) == 15.0  # 5 s per unit, 3 units left
+    assert time_left(5, 5, 10.0) == 0.0
 
 
 def test_cardinality_known_and_unknown():

@@ -20,7 +20,7 @@ from absl import logging
 
 from tf_explainer.keras_compat import build_training_state
 from tf_explainer.performers import PREPROCESSING, Performer, build_performer, preprocessing_name
-from tf_explainer.progress import cardinality, logged
+from tf_explainer.progress import cardinality, logged, time_left
 from tf_explainer.strategy import is_chief, writable_dir
 from tf_explainer.tensorboard import EXPLAINER, PERFORMER, ModelTensorBoard
 
@@ -79,8 +79,8 @@ class EpochLine(keras.callbacks.Callback):
         if now - self._last_print >= self.every_seconds:
             self._last_print = now
             steps = self.params.get("steps")
-            left = f", {_duration((steps - batch - 1) * (now - self._epoch_start) / (batch + 1))} " \
-                   "left in the epoch" if steps else ""
+            left = (f", {_duration(time_left(batch + 1, steps, now - self._epoch_start))} left "
+                    "in the epoch" if steps else "")
             print(f"  {self.title}: batch {batch + 1}{f'/{steps}' if steps else ''}{left}",
                   flush=True)
 
@@ -89,7 +89,7 @@ class EpochLine(keras.callbacks.Callback):
         self._times.append(time.time() - self._epoch_start)
         epochs = self.params.get("epochs") or epoch + 1
         metrics = ", ".join(f"{key} {float(logs[key]):.4g}" for key in EPOCH_LINE_KEYS if key in logs)
-        left = sum(self._times) / len(self._times) * (epochs - epoch - 1)
+        left = time_left(len(self._times), len(self._times) + epochs - epoch - 1, sum(self._times))
         eta = f", at most {_duration(left)} left" if left > 0 else ""
         print(f"Epoch {epoch + 1}/{epochs} [{self.title}]: {metrics} "
               f"({_duration(self._times[-1])}{eta})", flush=True)

@@ -81,7 +81,7 @@ flags.DEFINE_float("filter_loss_balance", DEFAULT_BALANCE,
                    "conv-interp-2 equals this at the start of training (docs/method.md, Balance; "
                    "at 1 the part filters of a category become copies of each other); "
                    "0 uses --filter_loss_weight as given.")
-flags.DEFINE_float("eta", 0.2, "eta: weight of -log p.")
+flags.DEFINE_float("eta", 0.1, "eta: weight of -log p.")
 flags.DEFINE_float("fusion_logit_scale", 30.0,
                    "Learning-rate multiplier for the fusion weight p under Adam (see TrackFusion).")
 flags.DEFINE_boolean("use_masks", True, "Apply the part masks (False: the 'no masks' ablation).")
