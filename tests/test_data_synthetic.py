@@ -27,6 +27,13 @@ def test_same_seed_same_data_other_seed_other_data():
     assert np.bincount(classes, minlength=5).tolist() == [6] * 5  # balanced over the classes
 
 
+def test_drawing_processes_give_the_same_images_as_one():
+    one = synthetic.generate(31, ALL, seed=3, workers=1)
+    three = synthetic.generate(31, ALL, seed=3, workers=3)  # uneven chunks of 10, 10 and 11
+    for x, y in zip(one, three):
+        np.testing.assert_array_equal(x, y)
+
+
 def test_landmarks_lie_on_their_drawn_parts():
     hits = total = 0
     for category in range(4):

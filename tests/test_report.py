@@ -220,14 +220,35 @@ def test_comparison_rows_say_what_they_mean_and_are_absent_without_comparisons(w
         other = comparisons[name]["instability_explainer"]
         assert row[0] == f"{other:.4f}"
         assert row[6] == ("3" if name == "explainer_cls" else "-")
-        _, what, better, not_better = report.COMPARISONS[name]
-        verdict = better if metrics["instability_explainer"] < other else not_better
-        assert row[7].startswith(f"This is {what}") and verdict in row[7]
+        _, what, _, _ = report.COMPARISONS[name]
+        assert row[7].startswith(f"This is {what}")
+        assert row[7] == report._comparison_sentence(name, metrics, comparisons[name])
         assert re.sub(r"\d\.\d", "", row[7]).count(".") == 1  # one sentence
     assert "lambda 0 (no filter loss)" not in page  # not given, not shown
     plain = written["plain"]
     assert "Method vs baseline and ablations" not in plain and "(the method)" not in plain
     assert plain.count('<div class="filter" id=') == 3 and "Part contributions" not in plain
+
+
+@pytest.mark.parametrize("method, other, verdict", [
+    ((0.040, 0.50), (0.050, 0.50), "better"),          # lower, same landmarks
+    ((0.040, 0.75), (0.050, 0.50), "better"),          # lower, more landmarks
+    ((0.0496, 0.50), (0.050, 0.50), "not_better"),     # within 1%: not lower
+    ((0.060, 0.75), (0.050, 0.25), "not_better"),      # higher
+    ((0.040, 0.0), (0.050, 0.0), "no landmark"),       # lower, but no filter detects a part
+    ((0.040, 0.25), (0.050, 0.50), "fewer landmarks"),  # lower, but fewer parts
+])
+def test_comparison_sentence_claims_part_tracking_only_with_coverage(method, other, verdict):
+    metrics = {"instability_explainer": method[0], "part_coverage": method[1]}
+    values = {"instability_explainer": other[0], "part_coverage": other[1]}
+    sentence = report._comparison_sentence("no_filter_loss", metrics, values)
+    _, what, better, not_better = report.COMPARISONS["no_filter_loss"]
+    assert sentence.startswith(f"This is {what}")
+    expected = {"better": better, "not_better": not_better,
+                "no landmark": "none of its filters detects a landmark (coverage 0)",
+                "fewer landmarks": f"fewer landmarks (coverage {method[1]:.2f} vs {other[1]:.2f})"}
+    assert expected[verdict] in sentence
+    assert (better in sentence) == (verdict == "better")
 
 
 def test_load_comparisons_reads_the_explainers_of_an_evaluation(written, tmp_path):

@@ -341,6 +341,18 @@ def _comparison_sentence(name, metrics, values):
     if other is None or not (np.isfinite(method) and np.isfinite(other)):
         return f"This is {what}; its instability could not be compared with the method's."
     if method < other * (1 - SAME_INSTABILITY):
+        # A lower number claims part tracking only where the method's filters detect landmarks, and
+        # no fewer than the other's (docs/method.md, "Measuring parts").
+        coverage, other_coverage = metrics.get("part_coverage"), values.get("part_coverage")
+        if coverage is not None and coverage == 0:
+            return (f"This is {what}: the method's instability is lower ({method:.4f} vs "
+                    f"{other:.4f}), but none of its filters detects a landmark (coverage 0), so "
+                    "the lower number does not show that its filters track parts.")
+        if coverage is not None and other_coverage is not None and coverage < other_coverage:
+            return (f"This is {what}: the method's instability is lower ({method:.4f} vs "
+                    f"{other:.4f}), but its filters detect fewer landmarks (coverage "
+                    f"{coverage:.2f} vs {other_coverage:.2f}), so neither tracks parts better "
+                    "on both counts.")
         return (f"This is {what}: the method's lower instability ({method:.4f} vs "
                 f"{other:.4f}) means {better}.")
     return (f"This is {what}: the method's instability is not lower ({method:.4f} vs "

@@ -15,6 +15,8 @@ Landmarks are 0-based pixel centres of the output image; NaN when outside it.
 
 import dataclasses
 import math
+import multiprocessing
+import os
 from typing import Optional, Sequence
 
 import numpy as np
@@ -301,18 +303,42 @@ def render(scene: Scene, with_creature: bool = True):
     return np.clip(np.rint(small), 0, 255).astype(np.uint8), part_ids[1::2, 1::2].copy()
 
 
+# Images per drawing process; below 2x this, drawing stays in the calling process.
+IMAGES_PER_WORKER = 1000
+
+
 def generate(num: int, classes: Sequence[Optional[int]], size: int = 64, seed: int = 0,
-             stream: int = 0):
+             stream: int = 0, workers: Optional[int] = None):
     """`num` images balanced over `classes` (category indices; None = background-only).
 
     Returns (images uint8 [N,S,S,3], class positions int32 [N] into `classes`, landmarks float32
     [N,K,2] in LANDMARKS order). `stream` separates independent sets (e.g. 0 train, 1 test).
+    `workers`: drawing processes (default: one per usable core, at most one per IMAGES_PER_WORKER
+    images); every image is seeded by its index, so the pixels do not depend on it.
     """
     order = np.random.default_rng([seed, stream, 2 ** 31]).permutation(np.arange(num) % len(classes))
-    images = np.empty((num, size, size, 3), np.uint8)
-    landmarks = np.empty((num, len(LANDMARKS), 2), np.float32)
-    for i, which in enumerate(order):
-        scene = make_scene(np.random.default_rng([seed, stream, i]), classes[which], size)
-        images[i] = render(scene)[0]
-        landmarks[i] = scene.landmarks
+    if workers is None:
+        workers = min(len(os.sched_getaffinity(0)), num // IMAGES_PER_WORKER)
+    bounds = np.linspace(0, num, max(1, workers) + 1).astype(int)
+    jobs = [(range(start, stop), order[start:stop], classes, size, seed, stream)
+            for start, stop in zip(bounds[:-1], bounds[1:])]
+    if len(jobs) > 1 and "fork" in multiprocessing.get_all_start_methods():
+        # fork: the workers only draw with numpy and Pillow, and start without re-importing.
+        with multiprocessing.get_context("fork").Pool(len(jobs)) as pool:
+            parts = pool.starmap(_draw, jobs)
+    else:
+        parts = [_draw(*job) for job in jobs]
+    images = np.concatenate([part[0] for part in parts])
+    landmarks = np.concatenate([part[1] for part in parts])
     return images, order.astype(np.int32), landmarks
+
+
+def _draw(indices, which_classes, classes, size, seed, stream):
+    """(images, landmarks) of the images at `indices` of one stream."""
+    images = np.empty((len(indices), size, size, 3), np.uint8)
+    landmarks = np.empty((len(indices), len(LANDMARKS), 2), np.float32)
+    for j, (i, which) in enumerate(zip(indices, which_classes)):
+        scene = make_scene(np.random.default_rng([seed, stream, i]), classes[which], size)
+        images[j] = render(scene)[0]
+        landmarks[j] = scene.landmarks
+    return images, landmarks
