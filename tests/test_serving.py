@@ -23,8 +23,8 @@ import pytest
 import requests
 import tensorflow as tf
 from PIL import Image
-from tensorflow_serving.apis import (predict_pb2, prediction_log_pb2,
-                                     prediction_service_pb2_grpc)
+from tensorflow_serving.apis import (get_model_status_pb2, model_service_pb2_grpc, predict_pb2,
+                                     prediction_log_pb2, prediction_service_pb2_grpc)
 
 from tf_explainer.build import build_explainer
 from tf_explainer.export import EXPLANATION_OUTPUTS, export_explainer
@@ -41,6 +41,16 @@ from tiny import tiny_performer  # noqa: E402
 MODEL = "explainer"
 MAX_BATCH = 8
 TOLERANCE = {"rtol": 1e-5, "atol": 1e-6}
+
+
+def raw_model_status(grpc_target, timeout=30):
+    """GetModelStatus of MODEL through TF Serving's own stub (not our client): what any gRPC user
+    of the server sees."""
+    with grpc.insecure_channel(grpc_target) as channel:
+        request = get_model_status_pb2.GetModelStatusRequest()
+        request.model_spec.name = MODEL
+        return model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(request,
+                                                                               timeout=timeout)
 
 
 def _png(image):

@@ -15,15 +15,14 @@ import numpy as np
 import pytest
 import requests
 import tensorflow as tf
-from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2,
-                                     model_service_pb2_grpc, predict_pb2,
+from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2, predict_pb2,
                                      prediction_service_pb2_grpc)
 
 from tf_explainer.serving.config import single_model_config
 from tf_explainer.serving.server import ModelServer
 
 sys.path.insert(0, os.path.dirname(__file__))
-from test_serving import MODEL, tiny_export  # noqa: E402
+from test_serving import MODEL, raw_model_status, tiny_export  # noqa: E402
 
 POLL_SECONDS = 0.2
 IMAGES = np.random.default_rng(0).integers(0, 256, (1, 20, 24, 3), dtype=np.uint8)
@@ -92,12 +91,8 @@ def _rest_status(server):
 
 
 def _grpc_status(server):
-    with grpc.insecure_channel(server.grpc_target) as channel:
-        request = get_model_status_pb2.GetModelStatusRequest()
-        request.model_spec.name = MODEL
-        response = model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(request,
-                                                                                   timeout=30)
-    return {item.version: item for item in response.model_version_status}
+    return {item.version: item
+            for item in raw_model_status(server.grpc_target).model_version_status}
 
 
 def _served_version(server):

@@ -13,8 +13,7 @@ import numpy as np
 import pytest
 import requests
 import tensorflow as tf
-from tensorflow_serving.apis import (get_model_status_pb2, model_service_pb2_grpc, predict_pb2,
-                                     prediction_service_pb2_grpc)
+from tensorflow_serving.apis import get_model_status_pb2, predict_pb2, prediction_service_pb2_grpc
 
 from tf_explainer.export import EXPLANATION_OUTPUTS
 from tf_explainer.serving.config import single_model_config
@@ -22,7 +21,7 @@ from tf_explainer.serving.errors import code_of_http_status, http_status_of
 from tf_explainer.serving.server import LISTEN_BACKLOG, ModelServer
 
 sys.path.insert(0, os.path.dirname(__file__))
-from test_serving import MODEL, tiny_export  # noqa: E402
+from test_serving import MODEL, raw_model_status, tiny_export  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -150,12 +149,7 @@ def test_status_codes_map_to_http_as_tf_serving_maps_them():
 
 
 def test_model_status_over_grpc_matches_rest(server):
-    with grpc.insecure_channel(server.grpc_target) as channel:
-        request = get_model_status_pb2.GetModelStatusRequest()
-        request.model_spec.name = MODEL
-        status = model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(request,
-                                                                                timeout=60)
-    (version,) = status.model_version_status
+    (version,) = raw_model_status(server.grpc_target, timeout=60).model_version_status
     assert version.version == 1
     assert version.state == get_model_status_pb2.ModelVersionStatus.AVAILABLE
     assert requests.get(_url(server, f"/v1/models/{MODEL}"), timeout=60).json() == {

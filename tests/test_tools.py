@@ -152,6 +152,10 @@ def test_demo_tool_runs_on_a_manifest_folder(tmp_path):
     for label in ("method (explainer)", "Explainer+cls baseline", "no filter loss", "no masks",
                   "performer top conv", "best fixed pixel", "performer accuracy", "Time: "):
         assert label in table, label
+    rows = {line[:24].strip(): line.split() for line in table.splitlines() if line.strip()}
+    assert rows[""][-1] == "epochs"  # the header row
+    for label in ("method (explainer)", "Explainer+cls baseline", "no filter loss", "no masks"):
+        assert rows[label][-1] == "1", rows[label]  # --epochs=1: every explainer trained 1 epoch
     summary = json.load(open(run_dir / "summary.json"))
     for key in ("performer_accuracy", "p", "instability_performer_target", "instability_performer_top",
                 "instability_explainer", "reconstructed_accuracy", "wall_seconds",
@@ -165,6 +169,7 @@ def test_demo_tool_runs_on_a_manifest_folder(tmp_path):
     assert len(ratios) == metrics["explainer"]["training"]["epochs_trained"] >= 1
     assert "grad_ratio_filter_conv_interp_2 " in output.replace(":", " ")  # in the epoch log line
     assert metrics["no_filter_loss"]["training"]["filter_loss_weight"] == 0.0
+    assert summary["epochs_trained"] == summary["epochs_trained_no_masks"] == 1
     cls_flags = open(run_dir / "explainer_cls" / "flags.txt").read()
     assert "--objective=classification" in cls_flags and "--epochs=1" in cls_flags
     assert f"--model_dir={run_dir / 'explainer_cls'}" in cls_flags

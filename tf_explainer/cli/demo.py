@@ -39,15 +39,18 @@ TABLE_ROWS = (("explainer", "method (explainer)"), ("explainer_cls", "Explainer+
 
 
 def results_table(all_metrics, stages, wall_seconds):
-    """The demo's outcome in a few lines: method, baseline and ablations side by side, the
-    performer's own figures, and the time of each stage."""
+    """The demo's outcome in a few lines: method, baseline and ablations side by side with the
+    epochs each trained (the comparisons train fewer), the performer's own figures, and the time
+    of each stage."""
     metrics = all_metrics["explainer"]
-    lines = [f"{'':<24}{'instability':>12}{'coverage':>10}{'duplicates':>12}{'recon. error':>14}"]
+    lines = [f"{'':<24}{'instability':>12}{'coverage':>10}{'duplicates':>12}{'recon. error':>14}"
+             f"{'epochs':>8}"]
     for name, label in TABLE_ROWS:
         row = all_metrics[name]
         lines.append(f"{label:<24}{row['instability_explainer']:>12.4f}{row['part_coverage']:>10.2f}"
                      f"{row['duplicate_filters']:>12.2f}"
-                     f"{100 * row['reconstructed_error_increase']:>+9.2f} pts")
+                     f"{100 * row['reconstructed_error_increase']:>+9.2f} pts"
+                     f"{row.get('training', {}).get('epochs_trained', '-'):>8}")
     lines.append(f"{'performer top conv':<24}{metrics['instability_performer_top']:>12.4f}"
                  f"{metrics.get('part_coverage_top', float('nan')):>10.2f}"
                  f"{metrics.get('duplicate_filters_top', float('nan')):>12.2f}")
@@ -120,6 +123,8 @@ def main(argv):
         summary[f"instability_{name}"] = all_metrics[name]["instability_explainer"]
         summary[f"part_coverage_{name}"] = all_metrics[name]["part_coverage"]
         summary[f"duplicate_filters_{name}"] = all_metrics[name]["duplicate_filters"]
+        summary[f"epochs_trained_{name}"] = all_metrics[name].get("training", {}).get(
+            "epochs_trained")
     record = metrics.get("training", {})
     summary["epochs_trained"] = record.get("epochs_trained")
     summary["converged_epoch"] = record.get("converged_epoch")
