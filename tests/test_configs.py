@@ -44,8 +44,7 @@ def test_unknown_flag_in_a_preset_is_rejected(tmp_path):
 
 
 def test_flag_defaults_are_the_demo_presets_tuned_values():
-    """A command run without a preset trains as the demo does (e.g. lr 1e-4, not 1e-3); only the
-    demo's performer differs: the shipped trained one, where the defaults train a new one."""
+    """A command run without a preset trains as the demo does (e.g. lr 1e-4, not 1e-3)."""
     FLAGS.unparse_flags()
     try:
         FLAGS(["tool"])
@@ -54,8 +53,7 @@ def test_flag_defaults_are_the_demo_presets_tuned_values():
         FLAGS(["tool", f"--flagfile={os.path.join(presets_dir(), 'demo.flags')}"])
         differing = {name: (defaults[name], FLAGS[name].value) for name in FLAGS
                      if FLAGS[name].present and FLAGS[name].value != defaults[name]}
-        assert differing == {"performer_epochs": (20, 0),
-                             "weights_path": (None, "shipped:small_vgg_demo.weights.h5")}
+        assert not differing
         assert FLAGS.learning_rate == 1e-4
     finally:
         FLAGS.unparse_flags()

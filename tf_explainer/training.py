@@ -217,24 +217,17 @@ def train_performer(performer: Performer, train, test, model_dir, epochs, learni
                     verbose=2):
     """Fits the performer on batches of {"image", "label"}: cross-entropy, Adam, cosine decay.
 
-    epochs=0 trains nothing (weights given to the builder are the performer): the history then
-    holds one entry, the test loss and accuracy of those weights. Build the performer inside the
-    strategy's scope; it is compiled in that scope here."""
+    Build the performer inside the strategy's scope; it is compiled in that scope here."""
     model = performer.model
     model.trainable = True
-    schedule = keras.optimizers.schedules.CosineDecay(
-        learning_rate, epochs * steps_per_epoch(train) if epochs else 1)
+    schedule = keras.optimizers.schedules.CosineDecay(learning_rate, epochs * steps_per_epoch(train))
     with model.distribute_strategy.scope():
         model.compile(optimizer=keras.optimizers.Adam(schedule),
                       loss=keras.losses.SparseCategoricalCrossentropy(
                           from_logits=performer.scores_are_logits),
                       metrics=["accuracy"])
-    if epochs:
-        history = fit(model, train.map(_image_label), test.map(_image_label), epochs, model_dir,
-                      PERFORMER, verbose=verbose)
-    else:
-        loss, accuracy = model.evaluate(test.map(_image_label), verbose=0)
-        history = {"val_loss": [float(loss)], "val_accuracy": [float(accuracy)]}
+    history = fit(model, train.map(_image_label), test.map(_image_label), epochs, model_dir,
+                  PERFORMER, verbose=verbose)
     model.trainable = False
     return history
 

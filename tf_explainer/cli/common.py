@@ -17,13 +17,11 @@ from tf_explainer.balance import DEFAULT_BALANCE
 from tf_explainer.data import batches, manifest_source, synthetic_source
 from tf_explainer.explainer import CATEGORY_SOURCES, POOL_POSITIONS
 from tf_explainer.filter_loss import registered_filter_losses
-from tf_explainer.cli import presets_dir
 from tf_explainer.performers import PERFORMERS, PREPROCESSING, from_keras_model
 from tf_explainer.strategy import PRECISIONS, STRATEGIES, make_strategy
 from tf_explainer.templates import FORMS
 
 FLAGS = flags.FLAGS
-SHIPPED_PREFIX = "shipped:"
 
 flags.DEFINE_string("preset", None, "Name of a preset shipped with the package (tf-explainer --help "
                     "lists them): the same as --flagfile=<its .flags file>; later flags override it.")
@@ -41,9 +39,7 @@ flags.DEFINE_integer("seed", 0, "Seed for data generation, shuffling and initial
 
 # Performer.
 flags.DEFINE_enum("performer", "small_vgg", PERFORMERS, "Built-in performer architecture.")
-flags.DEFINE_string("weights_path", None, "Local weights file for the performer (e.g. VGG-16 .h5); "
-                    f"{SHIPPED_PREFIX}NAME is a file shipped with tf-explainer (presets/weights/NAME, "
-                    "e.g. the demo's trained small VGG).")
+flags.DEFINE_string("weights_path", None, "Local weights file for the performer (e.g. VGG-16 .h5).")
 flags.DEFINE_integer("input_size", None, "Built-in performer's input side in pixels; the network's "
                      "own when unset.")
 flags.DEFINE_integer("performer_epochs", 20, "Performer training epochs.")
@@ -187,19 +183,6 @@ def write_flags(model_dir, module_name, overrides=None):
     with open(path, "w") as f:
         f.write("\n".join(line for line in lines if line) + "\n")
     logging.info("Effective flags written to %s", path)
-
-
-def weights_path():
-    """--weights_path as a file path (None when unset); shipped:NAME -> the packaged file."""
-    path = FLAGS.weights_path or None
-    if path and path.startswith(SHIPPED_PREFIX):
-        name = path[len(SHIPPED_PREFIX):]
-        path = os.path.join(presets_dir(), "weights", name)
-        if not os.path.isfile(path):
-            shipped = sorted(os.listdir(os.path.dirname(path))) if os.path.isdir(
-                os.path.dirname(path)) else []
-            raise app.UsageError(f"No shipped weights {name!r}; shipped: {', '.join(shipped)}.")
-    return path
 
 
 def keras_performer():

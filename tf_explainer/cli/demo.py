@@ -94,9 +94,7 @@ def main(argv):
     explainer_dir = os.path.join(FLAGS.run_dir, "explainer")
     other_dirs = {name: os.path.join(FLAGS.run_dir, name) for name in COMPARISONS}
     stage("performer", f"training {FLAGS.performer} for {FLAGS.performer_epochs} epochs (each "
-          "epoch line shows the time left)" if FLAGS.performer_epochs else
-          f"{FLAGS.performer} with the weights {FLAGS.weights_path} (not trained), its test accuracy",
-          train_performer.train, performer_dir)
+          "epoch line shows the time left)", train_performer.train, performer_dir)
     if not FLAGS.feature_cache:
         FLAGS.feature_cache = os.path.join(FLAGS.run_dir, "cache")
     stage("feature cache", "the performer's features of the training images, computed once",

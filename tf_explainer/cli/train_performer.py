@@ -23,32 +23,20 @@ flags.adopt_module_key_flags(common)
 def train(model_dir):
     """Trains and saves the performer in model_dir, unless a finished one is there.
 
-    --performer_epochs=0 takes --weights_path as the finished performer (no training; its test
-    accuracy is measured and logged). The performer is built in --strategy's scope under the
-    --mixed_precision policy."""
+    The performer is built in --strategy's scope under the --mixed_precision policy."""
     strategy = common.strategy()  # first: multi_worker needs it before any other TensorFlow work
     if os.path.exists(os.path.join(model_dir, training.PERFORMER_DESCRIPTION)) and not FLAGS.overwrite:
         logging.info("%s already holds a trained performer; pass --overwrite to retrain.", model_dir)
         return
-    weights_path = common.weights_path()
-    if FLAGS.performer_epochs == 0 and not weights_path:
-        raise app.UsageError("--performer_epochs=0 uses --weights_path as the trained performer; "
-                             "give --weights_path or train (--performer_epochs > 0).")
     chief = is_chief(strategy)
     if chief:
         common.write_flags(model_dir, __name__, {"model_dir": model_dir})
     keras.utils.set_random_seed(FLAGS.seed)
     source = common.data_source()
     with strategy.scope(), precision_policy(FLAGS.mixed_precision):
-        try:
-            performer = build_performer(FLAGS.performer, len(source.class_names),
-                                        class_names=source.class_names, input_size=FLAGS.input_size,
-                                        weights_path=weights_path)
-        except ValueError as error:  # Keras' message ends in the values of the whole variable
-            raise app.UsageError(
-                f"The weights {weights_path} do not fit {FLAGS.performer} with {len(source.class_names)} "
-                f"classes at --input_size={FLAGS.input_size or 'default'} (use the class count and "
-                f"input size they were trained with): {str(error).split('Target variable')[0].strip()}")
+        performer = build_performer(FLAGS.performer, len(source.class_names),
+                                    class_names=source.class_names, input_size=FLAGS.input_size,
+                                    weights_path=FLAGS.weights_path)
     train, test = common.splits(source, performer, drop_remainder=common.drop_remainder())
     history = training.train_performer(performer, train, test, model_dir,
                                        FLAGS.performer_epochs, FLAGS.performer_learning_rate)
@@ -57,8 +45,7 @@ def train(model_dir):
         return
     with open(os.path.join(model_dir, "history.json"), "w") as f:
         json.dump(history, f, indent=2)
-    logging.info("Performer test accuracy %.4f%s", history["val_accuracy"][-1],
-                 f" (weights of {weights_path}, not trained)" if not FLAGS.performer_epochs else "")
+    logging.info("Performer test accuracy %.4f", history["val_accuracy"][-1])
 
 
 def main(argv):
