@@ -318,7 +318,8 @@ def generate(num: int, classes: Sequence[Optional[int]], size: int = 64, seed: i
     """
     order = np.random.default_rng([seed, stream, 2 ** 31]).permutation(np.arange(num) % len(classes))
     if workers is None:
-        workers = min(len(os.sched_getaffinity(0)), num // IMAGES_PER_WORKER)
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        workers = min(cores or 1, num // IMAGES_PER_WORKER)
     bounds = np.linspace(0, num, max(1, workers) + 1).astype(int)
     jobs = [(range(start, stop), order[start:stop], classes, size, seed, stream)
             for start, stop in zip(bounds[:-1], bounds[1:])]
